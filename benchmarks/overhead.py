@@ -1,0 +1,377 @@
+"""Per-step training-time overhead of relaxation, measured side by side in one process.
+
+For each model two copies with identical initial weights are trained on the same fixed batch:
+
+- **standard**: forward, task loss, backward, Adam step over the user's parameters;
+- **relaxed**: ``relaxcli.relax(model)`` with θ from a ``triangle`` schedule, loss = task loss +
+  ``Regularizer(weight=0.01)(relaxed).total``, backward, Adam step over the user's and the branches' parameters.
+
+The two are timed **interleaved** in an ABBA pattern (A B B A A B ...), one optimiser step at a time, after a warm-up,
+so slow drifts of the machine (frequency, other processes) hit both alike. Reported: the median ms/step of each, the
+ratio of the medians, a paired bootstrap 95% interval for that ratio, and the min-of-medians over ``--repeats``
+contiguous chunks of the run (robust against a noisy stretch). ``--breakdown`` also times the phases of a step
+(forward, regulariser, backward, optimiser) for both variants.
+
+Models:
+
+- ``nbody``: ``relaxcli.models.SEGNN`` (4 layers) on a batch of 100 five-particle systems, widths 16 and 32
+  (``16x0e+16x1o``, ``32x0e+32x1o``); MSE loss.
+- ``vn``: a small Vector-Neuron PointNet: VNLinear + VN-LeakyReLU blocks of 64 channels on ``[32, 1, 3, 512]``
+  points, mean pooling over points, rotation-invariant inner products, a plain ``nn.Linear`` classifier;
+  cross-entropy on random labels.
+
+Example:
+    python benchmarks/overhead.py --model all --steps 200 --threads 1 --json overhead.json
+    python benchmarks/overhead.py --model vn --rows 256 --source weight --breakdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import inspect
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+import relaxcli
+from relaxcli.models import SEGNN
+
+# ---------------------------------------------------------------------------------------------------------------
+# models
+
+
+class VNLeakyReLU(nn.Module):
+    """Vector-Neuron leaky ReLU (Deng et al., 2021): a learned direction ``k = U x`` per channel; the part of ``x``
+    pointing against ``k`` is (mostly) removed. ``x``: ``[B, C, 3, N]``."""
+
+    def __init__(self, channels: int, negative_slope: float = 0.2, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.map_to_dir = relaxcli.VNLinear(channels, channels)
+        self.negative_slope, self.eps = negative_slope, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.map_to_dir(x)
+        dot = (x * d).sum(2, keepdim=True)
+        d_sq = (d * d).sum(2, keepdim=True)
+        mask = (dot >= 0).to(x.dtype)
+        s = self.negative_slope
+        return s * x + (1 - s) * (mask * x + (1 - mask) * (x - (dot / (d_sq + self.eps)) * d))
+
+
+class VNBlock(nn.Module):
+    """``VNLinear`` then ``VNLeakyReLU``."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.linear = relaxcli.VNLinear(c_in, c_out)
+        self.act = VNLeakyReLU(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))
+
+
+class VNPointNet(nn.Module):
+    """A small VN-PointNet classifier: ``[B, 1, 3, N]`` points -> ``[B, num_classes]`` logits, SO(3)-invariant."""
+
+    def __init__(self, channels: int = 64, num_blocks: int = 3, num_classes: int = 40) -> None:
+        super().__init__()
+        chans = [1] + [channels] * num_blocks
+        self.blocks = nn.Sequential(*(VNBlock(a, b) for a, b in zip(chans[:-1], chans[1:])))
+        self.frame = relaxcli.VNLinear(channels, 3)  # a learned, equivariant 3-frame for invariant features
+        self.classifier = nn.Linear(3 * channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(x).mean(dim=-1)  # VN mean pooling over points: [B, C, 3]
+        frame = self.frame(h)  # [B, 3, 3]
+        inv = torch.einsum("bci,bki->bck", h, frame).flatten(1)  # inner products: rotation invariant
+        return self.classifier(inv)
+
+
+@dataclass
+class Case:
+    """One benchmark case: a model factory, its (fixed) inputs and target, and the task loss."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    inputs: tuple[torch.Tensor, ...]
+    target: torch.Tensor
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def nbody_case(width: int, device: torch.device, seed: int) -> Case:
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(100, 5, 3, generator=g)
+    vel = torch.randn(100, 5, 3, generator=g)
+    charges = torch.randint(0, 2, (100, 5, 1), generator=g).float() * 2 - 1
+    target = pos + 0.1 * torch.randn(100, 5, 3, generator=g)
+    hidden = f"{width}x0e+{width}x1o"
+    return Case(
+        f"nbody-{width}",
+        lambda: SEGNN(hidden_irreps=hidden, num_layers=4),
+        tuple(t.to(device) for t in (pos, vel, charges)),
+        target.to(device),
+        nn.functional.mse_loss,
+        {"hidden_irreps": hidden, "num_layers": 4, "batch": "100 systems x 5 particles"},
+    )
+
+
+def vn_case(device: torch.device, seed: int) -> Case:
+    g = torch.Generator().manual_seed(seed)
+    points = torch.randn(32, 1, 3, 512, generator=g)
+    labels = torch.randint(0, 40, (32,), generator=g)
+    return Case(
+        "vn-pointnet",
+        lambda: VNPointNet(channels=64, num_blocks=3, num_classes=40),
+        (points.to(device),),
+        labels.to(device),
+        nn.functional.cross_entropy,
+        {"channels": 64, "blocks": 3, "batch": "32 clouds x 512 points"},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One variant (standard or relaxed) of one case, with its own model copy and optimiser."""
+
+    def __init__(self, case: Case, model: nn.Module, relaxed: bool, total_steps: int, rows: int | None,
+                 source: str, device: torch.device, lr: float = 1e-3) -> None:
+        self.case, self.device, self.is_relaxed = case, device, relaxed
+        self.step_index = 0
+        if relaxed:
+            self.net: nn.Module = relaxcli.relax(model)
+            self.schedule = relaxcli.make_schedule("triangle", total_steps=total_steps, theta_max=1.0)
+            self.reg = relaxcli.Regularizer(weight=0.01, rows=rows, source=source)  # type: ignore[arg-type]
+        else:
+            self.net = model
+        self.net.to(device).train()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.phase: dict[str, list[float]] = {"forward": [], "regularizer": [], "backward": [], "optimizer": []}
+
+    def step(self, phases: bool = False) -> float:
+        """One optimiser step; returns its wall time in seconds (and records phase times when ``phases``)."""
+        dev = self.device
+        _sync(dev)
+        t0 = time.perf_counter()
+        if self.is_relaxed:
+            self.schedule.before_step(self.net, self.step_index % self.schedule.total_steps)
+        out = self.net(*self.case.inputs)
+        loss = self.case.loss(out, self.case.target)
+        if phases:
+            _sync(dev)
+            t1 = time.perf_counter()
+        if self.is_relaxed:
+            loss = loss + self.reg(self.net).total
+        if phases:
+            _sync(dev)
+            t2 = time.perf_counter()
+        loss.backward()
+        if phases:
+            _sync(dev)
+            t3 = time.perf_counter()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        _sync(dev)
+        t4 = time.perf_counter()
+        if phases:
+            self.phase["forward"].append(t1 - t0)
+            self.phase["regularizer"].append(t2 - t1)
+            self.phase["backward"].append(t3 - t2)
+            self.phase["optimizer"].append(t4 - t3)
+        self.step_index += 1
+        return t4 - t0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def paired_bootstrap_ratio(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of median(b)/median(a), resampling the interleaved (a_i, b_i) pairs together."""
+    g = torch.Generator().manual_seed(seed)
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    idx = torch.randint(len(a), (n_boot, len(a)), generator=g)
+    ratios = tb[idx].median(dim=1).values / ta[idx].median(dim=1).values
+    lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return lo, hi
+
+
+def min_of_medians(xs: list[float], repeats: int) -> float:
+    chunk = max(1, len(xs) // repeats)
+    return min(_median(xs[i : i + chunk]) for i in range(0, len(xs) - chunk + 1, chunk))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    base = case.build()
+    model_a, model_b = base, copy.deepcopy(base)  # identical initial weights
+    warmup = args.warmup if args.warmup is not None else max(3, args.steps // 10)
+    total = warmup + args.steps
+    a = Runner(case, model_a, False, total, args.rows, args.source, device)
+    b = Runner(case, model_b, True, total, args.rows, args.source, device)
+    relaxed = b.net
+    assert isinstance(relaxed, relaxcli.RelaxedModel)
+    n_user = sum(p.numel() for p in model_a.parameters())
+    n_branch = sum(p.numel() for p in relaxed.branch_parameters())
+
+    for i in range(warmup):  # warm-up, interleaved as well
+        for r in ((a, b) if i % 2 == 0 else (b, a)):
+            r.step()
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(args.steps):  # ABBA: each variant goes first half of the time
+        order = (a, b) if i % 2 == 0 else (b, a)
+        for r in order:
+            (ta if r is a else tb).append(r.step(phases=args.breakdown))
+
+    med_a, med_b = _median(ta), _median(tb)
+    lo, hi = paired_bootstrap_ratio(ta, tb, seed=args.seed)
+    mom_a, mom_b = min_of_medians(ta, args.repeats), min_of_medians(tb, args.repeats)
+    result: dict[str, Any] = {
+        "model": case.name,
+        "info": case.info,
+        "sites": len(relaxed.sites),
+        "mode": relaxed.mode,
+        "user_params": n_user,
+        "branch_params": n_branch,
+        "steps": args.steps,
+        "warmup": warmup,
+        "standard_ms": 1e3 * med_a,
+        "relaxed_ms": 1e3 * med_b,
+        "ratio": med_b / med_a,
+        "ratio_ci95": [lo, hi],
+        "standard_ms_min_of_medians": 1e3 * mom_a,
+        "relaxed_ms_min_of_medians": 1e3 * mom_b,
+        "ratio_min_of_medians": mom_b / mom_a,
+        "repeats": args.repeats,
+    }
+    if args.breakdown:
+        result["breakdown_ms"] = {
+            "standard": {k: 1e3 * _median(v) for k, v in a.phase.items()},
+            "relaxed": {k: 1e3 * _median(v) for k, v in b.phase.items()},
+        }
+    return result
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["nbody", "vn", "all"], default="all")
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32], help="N-body hidden widths (default 16 32)")
+    p.add_argument("--steps", type=int, default=100, help="measured steps per variant (default 100)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default max(3, steps/10))")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for the whole run (default 1)")
+    p.add_argument("--rows", default="default",
+                   help="rows= of the Regularizer (an int, or 'none' for all rows; default: the Regularizer's)")
+    p.add_argument("--source", choices=["data", "weight"], default="data", help="Regularizer source (default data)")
+    p.add_argument("--repeats", type=int, default=5, help="chunks for the min-of-medians estimate (default 5)")
+    p.add_argument("--breakdown", action="store_true", help="also time forward / regulariser / backward / optimiser")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    if args.rows == "default":
+        args.rows = inspect.signature(relaxcli.Regularizer.__init__).parameters["rows"].default
+    elif args.rows.lower() in ("none", "all"):
+        args.rows = None
+    else:
+        try:
+            args.rows = int(args.rows)
+        except ValueError:
+            p.error(f"--rows must be an integer, 'none' or 'default', got {args.rows!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cases: list[Case] = []
+    if args.model in ("nbody", "all"):
+        cases += [nbody_case(w, device, args.seed) for w in args.widths]
+    if args.model in ("vn", "all"):
+        cases.append(vn_case(device, args.seed))
+
+    header = {
+        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["overhead.py", *argv]),
+        "torch": torch.__version__,
+        "relaxcli": relaxcli.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "rows": args.rows,
+        "source": args.source,
+        "python": platform.python_version(),
+    }
+    for k in ("command", "torch", "threads", "cpu", "device", "date"):
+        print(f"# {k}: {header[k]}")
+    print(f"# regularizer: weight=0.01 rows={args.rows} source={args.source}; schedule: triangle; optimiser: Adam")
+    print(f"# {args.steps} interleaved (ABBA) steps per variant after warm-up; ratio = median relaxed / median standard")
+    results = []
+    cols = f"{'model':<12} {'sites':>5} {'standard ms':>12} {'relaxed ms':>11} {'ratio':>6} {'95% CI':>15} " \
+           f"{'min-of-med ratio':>16}"
+    print(cols)
+    print("-" * len(cols))
+    for case in cases:
+        r = run_case(case, args, device)
+        results.append(r)
+        ci = f"[{r['ratio_ci95'][0]:.3f}, {r['ratio_ci95'][1]:.3f}]"
+        print(f"{r['model']:<12} {r['sites']:>5} {r['standard_ms']:>12.2f} {r['relaxed_ms']:>11.2f} "
+              f"{r['ratio']:>6.3f} {ci:>15} {r['ratio_min_of_medians']:>16.3f}", flush=True)
+    if args.breakdown:
+        print("\nphase breakdown (median ms per step)")
+        print(f"{'model':<12} {'variant':<9} {'forward':>8} {'regular.':>8} {'backward':>8} {'optim.':>8}")
+        for r in results:
+            for variant in ("standard", "relaxed"):
+                ph = r["breakdown_ms"][variant]
+                print(f"{r['model']:<12} {variant:<9} {ph['forward']:>8.2f} {ph['regularizer']:>8.2f} "
+                      f"{ph['backward']:>8.2f} {ph['optimizer']:>8.2f}")
+    out = {"header": header, "results": results}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Op adapters: how ``relax`` recognises an equivariant linear op, what its representations are, and how the branch
+is attached to it.
+
+An adapter answers four questions about a module:
+
+- ``matches(module)``: is this an op I know?
+- ``make_branch(module, init_std)``: the unconstrained branch (with the input and output representations);
+- ``feature(args, kwargs)``: which call argument is the feature the branch acts on;
+- ``add(output, branch_output)``: how the branch output joins the op's output.
+
+Built in: e3nn ``o3.Linear``, e3nn tensor products with internal weights (the branch acts on the first input, as in
+the relaxation paper's SEGNN), and Vector-Neuron linears (the shipped :class:`relaxcli.VNLinear` or any VN-style
+class). Users add their own with :func:`register_op`.
+
+Example:
+    >>> class MyLinear(torch.nn.Module): ...            # maps "4x0e+2x1o" -> "4x0e+2x1o"
+    >>> register_op(ExplicitAdapter(MyLinear, rep_in=Rep.from_irreps("4x0e+2x1o"),
+    ...                             rep_out=Rep.from_irreps("4x0e+2x1o")))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from .branches import Branch, DenseBranch, VectorBranch
+from .reps import Rep
+from .vn import VNLinear
+
+__all__ = [
+    "OpAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter", "ExplicitAdapter",
+    "register_op", "registered_ops", "find_adapter",
+]
+
+
+def _class_names(module: nn.Module) -> set[str]:
+    return {f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__}
+
+
+class OpAdapter:
+    """Base class of op adapters. Subclasses set ``name`` and implement ``matches`` and ``make_branch``."""
+
+    name: str = "op"
+
+    def matches(self, module: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+        raise NotImplementedError
+
+    def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        """The input the branch acts on; by default the first positional argument."""
+        if args:
+            return args[0]
+        if len(kwargs) == 1:
+            return next(iter(kwargs.values()))
+        raise TypeError(f"{self.name}: cannot tell which argument is the feature (kwargs {sorted(kwargs)})")
+
+    def add(self, output: Any, branch_output: torch.Tensor) -> Any:
+        """Join the branch output to the op's output; override for wrapped outputs."""
+        return output + branch_output
+
+
+class _ClassAdapter(OpAdapter):
+    """Matches instances of a class given as the class itself or by its import path."""
+
+    def __init__(self, target: type[nn.Module] | str) -> None:
+        self.target = target
+        self.name = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+
+    def matches(self, module: nn.Module) -> bool:
+        if isinstance(self.target, str):
+            return self.target in _class_names(module)
+        return isinstance(module, self.target)
+
+
+def _o3_reps(irreps_in: o3.Irreps, irreps_out: o3.Irreps) -> tuple[Rep, Rep]:
+    """O(3) reps on both sides; parity is included on both as soon as either side has an odd irrep."""
+    odd = any(ir.p == -1 for _, ir in (*irreps_in, *irreps_out))
+    return Rep.from_irreps(irreps_in, parity=odd), Rep.from_irreps(irreps_out, parity=odd)
+
+
+class IrrepsLinearAdapter(_ClassAdapter):
+    """e3nn ``o3.Linear``: features ``[..., irreps_in.dim] -> [..., irreps_out.dim]``."""
+
+    def __init__(self) -> None:
+        super().__init__(o3.Linear)
+        self.name = "e3nn.o3.Linear"
+
+    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+        rep_in, rep_out = _o3_reps(module.irreps_in, module.irreps_out)
+        return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
+
+
+class TensorProductAdapter(_ClassAdapter):
+    """e3nn ``o3.TensorProduct`` (and ``FullyConnectedTensorProduct`` ...) with internal weights.
+
+    The branch maps the first input ``x1`` (``irreps_in1``) to ``irreps_out``. Tensor products whose weights are
+    computed outside (``internal_weights=False``, e.g. from a radial MLP) are not linear ops with trainable
+    intertwiners and are left alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(o3.TensorProduct)
+        self.name = "e3nn.o3.TensorProduct"
+
+    def matches(self, module: nn.Module) -> bool:
+        return super().matches(module) and bool(module.internal_weights) and module.weight_numel > 0
+
+    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+        rep_in, rep_out = _o3_reps(module.irreps_in1, module.irreps_out)
+        return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
+
+
+class VectorNeuronAdapter(_ClassAdapter):
+    """A Vector-Neuron linear layer: ``[B, C_in, 3, ...] -> [B, C_out, 3, ...]`` (axes configurable).
+
+    Args:
+        target: the layer class, or its import path as a string (``"mypkg.layers.MyVNLinear"``).
+        in_channels, out_channels: attribute names on the layer holding the channel counts.
+        channel_axis, vector_axis: where channels and the 3-vector sit in the feature tensor.
+    """
+
+    def __init__(self, target: type[nn.Module] | str = VNLinear, in_channels: str = "in_channels",
+                 out_channels: str = "out_channels", channel_axis: int = 1, vector_axis: int = 2) -> None:
+        super().__init__(target)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.channel_axis, self.vector_axis = channel_axis, vector_axis
+
+    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+        try:
+            c_in, c_out = getattr(module, self.in_channels), getattr(module, self.out_channels)
+        except AttributeError as e:
+            raise TypeError(f"{self.name}: layer has no channel attribute ({e}); pass in_channels=/out_channels= "
+                            "naming the attributes that hold the channel counts") from None
+        return VectorBranch(int(c_in), int(c_out), init_std, self.channel_axis, self.vector_axis)
+
+
+class ExplicitAdapter(_ClassAdapter):
+    """A user's op whose representations are given explicitly; the feature is the last axis.
+
+    Args:
+        target: the op class or its import path.
+        rep_in, rep_out: a :class:`Rep`, or a function ``module -> Rep``.
+        feature_arg: position (int) or keyword (str) of the feature argument.
+    """
+
+    def __init__(self, target: type[nn.Module] | str, rep_in: Rep | Callable[[nn.Module], Rep],
+                 rep_out: Rep | Callable[[nn.Module], Rep], feature_arg: int | str = 0) -> None:
+        super().__init__(target)
+        self.rep_in, self.rep_out, self.feature_arg = rep_in, rep_out, feature_arg
+
+    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+        rep_in = self.rep_in(module) if callable(self.rep_in) else self.rep_in
+        rep_out = self.rep_out(module) if callable(self.rep_out) else self.rep_out
+        return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
+
+    def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        if isinstance(self.feature_arg, str):
+            return kwargs[self.feature_arg]
+        return args[self.feature_arg]
+
+
+_REGISTRY: list[OpAdapter] = [IrrepsLinearAdapter(), TensorProductAdapter(), VectorNeuronAdapter()]
+
+
+def register_op(adapter: OpAdapter) -> OpAdapter:
+    """Register an adapter; it takes precedence over the ones registered before it. Returns the adapter."""
+    if not isinstance(adapter, OpAdapter):
+        raise TypeError(f"register_op expects an OpAdapter, got {type(adapter).__name__}")
+    _REGISTRY.insert(0, adapter)
+    return adapter
+
+
+def registered_ops() -> list[OpAdapter]:
+    """The adapters in the order they are tried."""
+    return list(_REGISTRY)
+
+
+def find_adapter(module: nn.Module, adapters: list[OpAdapter] | None = None) -> OpAdapter | None:
+    """The first adapter (of ``adapters``, default the registry) that matches ``module``, or None."""
+    for adapter in _REGISTRY if adapters is None else adapters:
+        if adapter.matches(module):
+            return adapter
+    return None

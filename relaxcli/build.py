@@ -1,0 +1,181 @@
+"""From a recipe to live objects: the user's model (with initial weights), the data splits, the relaxed model, the
+regulariser and the θ schedule. ``train``, ``project`` and ``inspect`` all build through here.
+
+Example:
+    >>> recipe = load_recipe("recipes/nbody_relaxed.yaml")
+    >>> model = build_model(recipe); splits = build_data(recipe)
+    >>> relaxed = build_relaxed(model, recipe)     # None when relax.enabled is false
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from .checkpoint import Checkpoint
+from .errors import RecipeError, RelaxError
+from .graph import RelaxedModel, relax
+from .recipe import Recipe, instantiate
+from .regularizers import Regularizer
+from .schedules import Schedule, make_schedule
+
+__all__ = ["DTYPES", "default_dtype", "build_model", "Splits", "build_data", "build_relaxed", "build_regularizer",
+           "build_schedule", "split_batch", "call_model", "to_device", "example_batch", "resolve_device",
+           "restore"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Build under ``dtype``: e3nn bakes its constants in the default dtype at construction."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RelaxError("trainer.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def load_weights(model: nn.Module, path: str, what: str) -> None:
+    """Load a safetensors state dict into ``model`` with ``strict=True``; one clear error if the keys differ."""
+    try:
+        state = safetensors.torch.load_file(path)
+    except FileNotFoundError:
+        raise RelaxError(f"{what}: weights file {path} does not exist") from None
+    except Exception as e:
+        raise RelaxError(f"{what}: {path} is not a readable safetensors file ({e})") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise RelaxError(f"{what}: {path} does not match {type(model).__name__}: missing keys {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+    try:
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise RelaxError(f"{what}: {path} does not fit {type(model).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def build_model(recipe: Recipe) -> nn.Module:
+    """Instantiate ``recipe.model`` in the recipe's dtype and load its ``_weights_`` if given."""
+    with default_dtype(DTYPES[recipe.trainer.dtype]):
+        model = instantiate(recipe.model)
+    if not isinstance(model, nn.Module):
+        raise RecipeError([f"model: {recipe.model.target} returned a {type(model).__name__}, not a torch.nn.Module"])
+    if recipe.model.weights:
+        load_weights(model, recipe.model.weights, "model._weights_")
+    return model
+
+
+@dataclass
+class Splits:
+    """The data splits; items are ``(inputs, target)`` with ``inputs`` a tuple of model arguments."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+
+
+def build_data(recipe: Recipe) -> Splits:
+    """Instantiate ``recipe.data``: an object (or dict) with ``train``, ``val`` and optionally ``test`` datasets."""
+    with default_dtype(DTYPES[recipe.trainer.dtype]):
+        data = instantiate(recipe.data)
+
+    def get(name: str) -> Any:
+        return data.get(name) if isinstance(data, dict) else getattr(data, name, None)
+
+    train, val, test = get("train"), get("val"), get("test")
+    if train is None or val is None:
+        raise RecipeError([f"data: {recipe.data.target} must give 'train' and 'val' datasets (attributes or dict "
+                           f"keys), and optionally 'test'; it gave a {type(data).__name__} without them"])
+    return Splits(train, val, test)
+
+
+def build_relaxed(model: nn.Module, recipe: Recipe) -> RelaxedModel | None:
+    """Relax ``model`` as ``recipe.relax`` says; None for a standard run (``relax.enabled: false``)."""
+    cfg = recipe.relax
+    if not cfg.enabled:
+        return None
+    return relax(model, mode=cfg.mode, include=cfg.include, exclude=cfg.exclude, init_std=cfg.branch.init_std)
+
+
+def build_regularizer(recipe: Recipe) -> Regularizer:
+    r = recipe.relax.regularizer
+    return Regularizer(r.weight, r.projection, r.lie, r.discrete, r.source, r.rows)
+
+
+def build_schedule(recipe: Recipe, total_steps: int, steps_per_epoch: int) -> Schedule:
+    t = recipe.relax.theta
+    return make_schedule(t.schedule, total_steps, theta_max=t.max, granularity=t.granularity,
+                         steps_per_epoch=steps_per_epoch, end=t.end)
+
+
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    """``(inputs, target)`` from a collated batch."""
+    if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+        raise RelaxError("each data item must be a pair (inputs, target), where inputs is a tensor, a tuple of "
+                         f"tensors (positional model arguments) or a dict (keyword arguments); got {type(batch)}")
+    return batch[0], batch[1]
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def to_device(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move tensors (nested in tuples/lists/dicts) to ``device``; floating tensors also to ``dtype``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=dtype if x.is_floating_point() else None)
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device, dtype) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device, dtype) for k, v in x.items()}
+    return x
+
+
+def example_batch(dataset: Dataset, n: int) -> tuple[Any, torch.Tensor]:
+    """The first ``n`` items of ``dataset``, collated."""
+    n = min(n, len(dataset))  # type: ignore[arg-type]
+    return split_batch(default_collate([dataset[i] for i in range(n)]))
+
+
+def restore(ckpt: Checkpoint) -> tuple[Recipe, nn.Module, RelaxedModel | None]:
+    """Rebuild the recipe's model from a checkpoint (and its relaxed wrapper, for relaxed checkpoints)."""
+    if ckpt.recipe is None:
+        raise RelaxError(f"{ckpt.path} holds no recipe, so the model cannot be rebuilt; it was not written by relax")
+    recipe = ckpt.recipe
+    recipe.model.weights = None  # the checkpoint's own weights replace the initial ones
+    model = build_model(recipe)
+    state = ckpt.model_state()
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        raise RelaxError(f"{ckpt.path} does not match {recipe.model.target}: missing "
+                         f"{sorted(set(expected) - set(state))[:5]}, unexpected {sorted(set(state) - set(expected))[:5]}")
+    model.load_state_dict(state, strict=True)
+    relaxed = None
+    if ckpt.kind == "relaxed" and ckpt.branch_state():
+        relaxed = build_relaxed(model, recipe)
+        if relaxed is not None:
+            relaxed.branches.load_state_dict(ckpt.branch_state(), strict=True)
+    return recipe, model, relaxed

@@ -1,0 +1,286 @@
+"""The ``relax`` command: ``train``, ``project``, ``inspect`` and ``recipes``.
+
+Errors that a user can fix are printed as one paragraph on stderr with a non-zero exit code (2: bad recipe or
+arguments, 3: not equivariant, 1: anything else); ``--debug`` anywhere on the command line adds the traceback.
+
+Example:
+    $ relax train recipes/nbody_relaxed.yaml trainer.epochs=5
+    $ relax project runs/nbody-relaxed-20261122-120000/checkpoints/best.safetensors
+    $ relax inspect runs/nbody-relaxed-20261122-120000/checkpoints/best.projected.safetensors --tolerance 1e-6
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import RelaxError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Constraint relaxation for equivariant networks: train relaxed, project back, inspect.")
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # tables stay whole in files and pipes
+err = Console(stderr=True, soft_wrap=True)
+_debug = False  # set by main() when --debug is on the command line
+
+
+def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors become one paragraph on stderr and an exit code; tracebacks only with --debug."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RelaxError as e:
+            if _debug:
+                traceback.print_exc()
+            err.print(f"error: {e}", highlight=False, markup=False)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as e:  # an error in user code or a bug: one paragraph, the traceback only with --debug
+            if _debug:
+                traceback.print_exc()
+            err.print(f"error: {type(e).__name__}: {e}\n(re-run with --debug for the traceback)", highlight=False,
+                      markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+# -- train -------------------------------------------------------------------------------------------------------
+def _new_run_dir(root: Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = root / f"{name}-{stamp}"
+    k = 1
+    while run_dir.exists():
+        run_dir = root / f"{name}-{stamp}-{k}"
+        k += 1
+    return run_dir
+
+
+@app.command()
+@_user_errors
+def train(
+    recipe: Annotated[Optional[Path], typer.Argument(help="The recipe YAML (not needed with --resume).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE overrides, e.g. trainer.epochs=5.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>-<time>).")] = None,
+    runs_root: Annotated[Path, typer.Option(help="Where new run directories go.")] = Path("runs"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --run-dir.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved recipe and exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build, relax, run one step, show the sites, exit.")]
+    = False,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress",
+                                                     help="Live progress on stderr (default: on a terminal).")] = None,
+) -> None:
+    """Train the recipe's model (relaxed unless relax.enabled is false); validation reports the projected model."""
+    from .recipe import dump_recipe, load_recipe
+    from .trainer import Trainer
+
+    if resume is not None:
+        if recipe is not None or overrides:
+            raise RelaxError("--resume continues a run exactly as it was recorded: give only the run directory, "
+                             f"e.g. 'relax train --resume {resume}' (no recipe, no overrides)")
+        if not (resume / "recipe.yaml").is_file():
+            raise RelaxError(f"{resume} is not a run directory: it has no recipe.yaml")
+        rec = load_recipe(resume / "recipe.yaml")
+        summary = Trainer(rec, resume, resume=True, progress=progress).fit()
+        _print_summary(summary)
+        return
+    if recipe is None:
+        raise RelaxError("give a recipe, e.g. 'relax train recipes/nbody_relaxed.yaml' (see 'relax recipes'), or "
+                         "--resume RUN_DIR")
+    rec = load_recipe(recipe, overrides or [])
+    if print_config:
+        out.print(dump_recipe(rec), end="", markup=False, highlight=False)
+        return
+    if dry_run:
+        _dry_run(rec)
+        return
+    if run_dir is None:
+        run_dir = _new_run_dir(runs_root, rec.name)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RelaxError(f"run directory {run_dir} exists and is not empty; choose another --run-dir, or pass "
+                             "--overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    err.print(f"run directory: {run_dir}", highlight=False)
+    summary = Trainer(rec, run_dir, progress=progress).fit()
+    _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    kind = "relaxed" if s["relaxed"] else "standard"
+    out.print(f"{s['name']} ({kind} training, seed {s['seed']}): best epoch {s['best_epoch']}, "
+              f"val (projected) {_fmt(s['val_projected'])}, test (projected) {_fmt(s['test_projected'])}"
+              + (f", test (relaxed) {_fmt(s['test_relaxed'])}" if s["test_relaxed"] is not None else ""),
+              highlight=False)
+    out.print(f"run directory: {s['run_dir']}", highlight=False)
+    if s["relaxed"]:
+        out.print(f"next: relax project {s['best_checkpoint']}", highlight=False)
+
+
+def _dry_run(rec) -> None:  # type: ignore[no-untyped-def]
+    from torch.utils.data import default_collate
+
+    from .inspection import site_rows
+    from .trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(rec, Path(tmp), progress=False)
+        batch = default_collate([trainer.splits.train[i] for i in range(min(rec.trainer.batch_size,
+                                                                            len(trainer.splits.train)))])
+        step = trainer._train_step(batch)
+        out.print(f"{rec.name}: one training step ok: loss {step['loss']:.4g} (task {step['task']:.4g}); "
+                  f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all", highlight=False)
+        if trainer.relaxed is None:
+            out.print("relax.enabled is false: standard training, no sites", highlight=False)
+            return
+        from .build import example_batch
+
+        inputs, _ = example_batch(trainer.splits.val, 4)
+        out.print(f"graph pass: {trainer.relaxed.mode}"
+                  + (f" ({trainer.relaxed.fallback_reason})" if trainer.relaxed.fallback_reason else ""),
+                  highlight=False)
+        _site_table(site_rows(trainer.relaxed, inputs))
+
+
+def _site_table(rows: list) -> None:  # type: ignore[type-arg]
+    table = Table(title="relaxed sites")
+    for col in ("site", "op", "in", "out", "θ", "‖B‖", "proj. norm", "Lie deriv.", "discrete", "calls"):
+        table.add_column(col, justify="right" if col not in ("site", "op", "in", "out") else "left")
+    for r in rows:
+        table.add_row(r.path, r.op.rsplit(".", 1)[-1], r.rep_in, r.rep_out, f"{r.theta:.3g}", f"{r.weight_norm:.3g}",
+                      f"{r.projection:.3g}", f"{r.lie:.3g}", f"{r.discrete:.3g}",
+                      str(r.calls) if r.calls == 1 else f"[bold red]{r.calls}[/]")
+    out.print(table)
+
+
+# -- project -----------------------------------------------------------------------------------------------------
+@app.command()
+@_user_errors
+def project(
+    checkpoint: Annotated[Path, typer.Argument(help="A relaxed checkpoint written by 'relax train'.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output safetensors file.")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="Max relative equivariance error (default 1e-5 for "
+                                                            "float32 recipes, 1e-10 for float64).")] = None,
+    trials: Annotated[int, typer.Option(help="Random group elements per case.")] = 3,
+    samples: Annotated[int, typer.Option(help="Validation samples used for the check.")] = 16,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Write without checking equivariance.")]
+    = False,
+) -> None:
+    """Strip the branches, verify equivariance, write the user's state_dict (exactly its keys) as safetensors."""
+    from .projection import project_checkpoint
+
+    path, report = project_checkpoint(checkpoint, output, tolerance=tolerance, trials=trials, samples=samples,
+                                      verify=not skip_verify, overwrite=overwrite)
+    if report is None:
+        err.print("warning: equivariance was not verified (--skip-verify)", highlight=False)
+    else:
+        out.print(f"projected model is equivariant: relative error {report.relative:.2e} "
+                  f"(absolute {report.absolute:.2e})", highlight=False)
+    out.print(f"wrote {path}", highlight=False)
+
+
+# -- inspect -----------------------------------------------------------------------------------------------------
+@app.command()
+@_user_errors
+def inspect(
+    model: Annotated[Path, typer.Argument(help="A recipe (.yaml), a relaxed or a projected checkpoint.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    tolerance: Annotated[Optional[float], typer.Option(help="Exit 3 if the model's relative error exceeds it.")]
+    = None,
+    trials: Annotated[int, typer.Option(help="Random group elements per case.")] = 3,
+    samples: Annotated[int, typer.Option(help="Validation samples used.")] = 16,
+) -> None:
+    """Per-site branch norms and whole-model equivariance error of a recipe's model or a checkpoint."""
+    from .errors import EquivarianceError
+    from .inspection import inspect_path
+
+    report = inspect_path(model, samples=samples, trials=trials)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        out.print(f"{report.source}: {report.kind} {report.model}"
+                  + (f", graph pass: {report.mode}" if report.mode else ""), highlight=False)
+        if report.sites:
+            _site_table(report.sites)
+        if report.equivariance:
+            table = Table(title="whole-model equivariance error")
+            for col in ("model", "relative", "absolute", "cases (absolute)"):
+                table.add_column(col)
+            for name, r in report.equivariance.items():
+                label = name if name != "projected" else "projected (θ=0)"
+                table.add_row(label, f"{r.relative:.2e}", f"{r.absolute:.2e}",
+                              ", ".join(f"{k} {v:.1e}" for k, v in r.cases.items()))
+            out.print(table)
+        for note in report.notes:
+            out.print(f"note: {note}", highlight=False)
+    if tolerance is not None and report.equivariance and report.worst() > tolerance:
+        raise EquivarianceError(f"{report.source}: relative equivariance error {report.worst():.3e} exceeds the "
+                                f"tolerance {tolerance:.1e}")
+
+
+# -- recipes -----------------------------------------------------------------------------------------------------
+def _builtin_recipes() -> dict[str, Path]:
+    folder = resources.files("relaxcli") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+@app.command()
+@_user_errors
+def recipes(
+    name: Annotated[Optional[str], typer.Argument(help="Copy this built-in recipe into the current directory.")]
+    = None,
+) -> None:
+    """List the built-in recipes, or copy one into the current directory."""
+    found = _builtin_recipes()
+    if name is None:
+        table = Table(title="built-in recipes (relax recipes NAME copies one here)")
+        table.add_column("name")
+        table.add_column("description")
+        for key in sorted(found):
+            first = found[key].read_text().splitlines()[0].lstrip("# ").strip()
+            table.add_row(key, first)
+        out.print(table)
+        return
+    key = name.removesuffix(".yaml")
+    if key not in found:
+        import difflib
+
+        close = difflib.get_close_matches(key, found, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise RelaxError(f"no built-in recipe '{name}'{hint} Available: {', '.join(sorted(found))}")
+    dest = Path.cwd() / f"{key}.yaml"
+    if dest.exists():
+        raise RelaxError(f"{dest} already exists; not overwriting it")
+    shutil.copyfile(found[key], dest)
+    out.print(f"wrote {dest}", highlight=False)
+
+
+# -- entry point -------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; ``--debug`` anywhere on the command line shows tracebacks."""
+    global _debug
+    args = list(sys.argv[1:] if argv is None else argv)
+    _debug = "--debug" in args
+    app(args=[a for a in args if a != "--debug"], prog_name="relax")

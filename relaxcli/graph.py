@@ -1,0 +1,288 @@
+"""The graph pass: find the equivariant linear ops of a user's model and put a branch beside each one.
+
+:func:`relax` traces the model with ``torch.fx`` (registered ops and ``e3nn`` modules are leaves) and replaces each
+call of a known op by a :class:`Site` that computes ``op(x) + θ · B(x)``. Where the model cannot be traced
+(data-dependent control flow, non-tensor wrappers such as escnn's ``GeometricTensor``) the same sites are attached
+with forward hooks instead, and ``RelaxedModel.mode`` says which was used.
+
+The relaxed model *shares* the user's module and its parameters: training it trains the user's model, and
+``relaxed.module.state_dict()`` has exactly the user's keys. The branches live in ``relaxed.branches``.
+
+Example:
+    >>> relaxed = relax(model)                    # fx if it traces, hooks otherwise
+    >>> out = relaxed(x)                           # op(x) + θ·B(x) at every site
+    >>> with relaxed.projected(): out0 = relaxed(x)  # exactly the user's model
+    >>> user_model = relaxed.strip()               # the original module, branches gone
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import operator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import fx, nn
+
+from .adapters import OpAdapter, find_adapter
+from .branches import Branch
+from .errors import RelaxError
+
+__all__ = ["Site", "RelaxedModel", "relax"]
+
+Mode = Literal["auto", "fx", "hooks"]
+
+
+@dataclass(eq=False)
+class Site:
+    """One relaxed op: where it is, how it is called, and its branch.
+
+    Attributes:
+        path: the op's qualified module name in the user's model (``"layers.0.linear"``).
+        op: the user's op module itself.
+        adapter: the :class:`OpAdapter` that recognised it.
+        branch: the :class:`Branch` added beside it.
+        calls: how often the site fired since the counter was last reset (see :meth:`RelaxedModel.dry_run`).
+    """
+
+    path: str
+    op: nn.Module
+    adapter: OpAdapter
+    branch: Branch
+    calls: int = 0
+
+    def __call__(self, output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Given the op's output for ``args``/``kwargs``, return it with the branch added."""
+        self.calls += 1
+        branch = self.branch
+        if not branch.active:
+            return output
+        x = self.adapter.feature(args, kwargs)
+        if (branch.training and torch.is_grad_enabled()) or branch.force_capture:
+            branch.captured.append(x.detach())
+        return self.adapter.add(output, branch(x))
+
+
+class _SiteCall(nn.Module):
+    """What the fx graph calls in place of an op: the op, then its site."""
+
+    def __init__(self, site: Site) -> None:
+        super().__init__()
+        self.op = site.op
+        self.site = site
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.site(self.op(*args, **kwargs), args, kwargs)
+
+
+class _LeafTracer(fx.Tracer):
+    """Keeps the sites, every ``e3nn`` module that holds no site, and torch's own modules as leaves."""
+
+    def __init__(self, site_paths: set[str]) -> None:
+        super().__init__()
+        self.site_paths = site_paths
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.site_paths:
+            return True
+        holds_site = any(p.startswith(qualname + ".") for p in self.site_paths) if qualname else True
+        if type(m).__module__.startswith("e3nn") and not holds_site:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _branch_key(path: str) -> str:
+    return path.replace(".", "/")
+
+
+class RelaxedModel(nn.Module):
+    """A user's model with a branch beside each site. Build it with :func:`relax`.
+
+    Attributes:
+        module: the user's model (shared, not copied).
+        branches: ``ModuleDict`` of branches keyed by site path with ``/`` for ``.``.
+        sites: the :class:`Site` list, in module order.
+        mode: ``"fx"`` or ``"hooks"``; ``fallback_reason`` says why fx was not used.
+    """
+
+    def __init__(self, module: nn.Module, sites: list[Site], mode: Literal["fx", "hooks"],
+                 graph: fx.Graph | None = None, fallback_reason: str | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.branches = nn.ModuleDict({_branch_key(s.path): s.branch for s in sites})
+        self.sites = sites
+        self.mode = mode
+        self.fallback_reason = fallback_reason
+        self._graph = graph
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._stripped = False
+        if mode == "hooks":
+            for site in sites:
+                self._hooks.append(site.op.register_forward_hook(_hook(site), with_kwargs=True))
+        self._build()
+
+    # -- the forward pass ----------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        """(Re)build the GraphModule; it is not a registered child, so the state_dict holds no duplicate keys."""
+        if self.mode != "fx":
+            self.__dict__["_gm"] = None
+            return
+        assert self._graph is not None
+        by_path = {s.path: s for s in self.sites}
+        root: dict[str, Any] = {}
+        for node in self._graph.nodes:
+            if node.op == "call_module" and node.target.startswith("relax_sites."):
+                root[node.target] = _SiteCall(by_path[node.meta["relax_site"]])
+            elif node.op in ("call_module", "get_attr"):
+                root[node.target] = operator.attrgetter(node.target)(self.module)
+        self.__dict__["_gm"] = fx.GraphModule(root, self._graph, class_name=f"Relaxed{type(self.module).__name__}")
+
+    def _apply(self, fn: Any, recurse: bool = True) -> RelaxedModel:
+        # .to()/.double() may replace buffers of the user's model: rebuild the graph module over the new ones.
+        super()._apply(fn, recurse)
+        self._build()
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._stripped:
+            raise RuntimeError("this RelaxedModel was stripped; use the module strip() returned")
+        for b in self.branches.values():
+            b.captured.clear()
+        if self._gm is not None:
+            return self._gm(*args, **kwargs)
+        return self.module(*args, **kwargs)
+
+    # -- controls ------------------------------------------------------------------------------------------------
+    def set_theta(self, theta: float) -> None:
+        """Set θ of every branch."""
+        for b in self.branches.values():
+            b.theta.fill_(theta)
+
+    @contextlib.contextmanager
+    def projected(self) -> Iterator[RelaxedModel]:
+        """Within the block the branches are off: the forward pass is exactly the user's model (θ = 0)."""
+        previous = [b.active for b in self.branches.values()]
+        for b in self.branches.values():
+            b.active = False
+        try:
+            yield self
+        finally:
+            for b, was in zip(self.branches.values(), previous):
+                b.active = was
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[RelaxedModel]:
+        """Within the block the sites capture their inputs even in eval mode or under ``no_grad`` (for inspection)."""
+        for b in self.branches.values():
+            b.force_capture = True
+        try:
+            yield self
+        finally:
+            for b in self.branches.values():
+                b.force_capture = False
+
+    def dry_run(self, *args: Any, **kwargs: Any) -> dict[str, int]:
+        """Run one forward pass without gradients and return how often each site fired (path -> count)."""
+        for s in self.sites:
+            s.calls = 0
+        with torch.no_grad():
+            self(*args, **kwargs)
+        return {s.path: s.calls for s in self.sites}
+
+    def strip(self) -> nn.Module:
+        """Remove the branches and return the user's module (same object, same parameters, same keys)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._stripped = True
+        return self.module
+
+    def branch_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the branches only."""
+        return self.branches.parameters()
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, sites={len(self.sites)}"
+
+
+def _hook(site: Site) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        return site(output, args, kwargs)
+
+    return hook
+
+
+def _find_sites(model: nn.Module, include: Sequence[str], exclude: Sequence[str],
+                adapters: list[OpAdapter] | None) -> list[tuple[str, nn.Module, OpAdapter]]:
+    found: list[tuple[str, nn.Module, OpAdapter]] = []
+    for path, module in model.named_modules():
+        if not path or any(path.startswith(p + ".") for p, _, _ in found):
+            continue  # the root itself, or inside an op already relaxed
+        adapter = find_adapter(module, adapters)
+        if adapter is None:
+            continue
+        if not any(fnmatch.fnmatchcase(path, g) for g in include):
+            continue
+        if any(fnmatch.fnmatchcase(path, g) for g in exclude):
+            continue
+        found.append((path, module, adapter))
+    return found
+
+
+def _trace(model: nn.Module, sites: list[Site]) -> fx.Graph:
+    by_path = {s.path: s for s in sites}
+    graph = _LeafTracer(set(by_path)).trace(model)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target in by_path:
+            node.meta["relax_site"] = node.target
+            node.target = "relax_sites." + _branch_key(node.target).replace("/", "__")
+    graph.lint()
+    return graph
+
+
+def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
+          init_std: float = 1e-4, adapters: list[OpAdapter] | None = None) -> RelaxedModel:
+    """Insert a branch ``θ · B(x)`` beside every known equivariant linear op of ``model``.
+
+    Args:
+        model: the user's equivariant model; it is shared, not copied.
+        mode: ``"fx"`` (trace; fail if impossible), ``"hooks"`` (forward hooks), or ``"auto"`` (fx, else hooks).
+        include, exclude: ``fnmatch`` globs on module paths selecting the sites.
+        init_std: the branch weights start as ``N(0, init_std²)``; 0 starts exactly at the equivariant model.
+        adapters: the op adapters to use (default: the registry, see :func:`relaxcli.register_op`).
+
+    Returns:
+        a :class:`RelaxedModel`; θ starts at 0.
+
+    Example:
+        >>> relaxed = relax(model, exclude=["readout.*"])
+        >>> [s.path for s in relaxed.sites]
+    """
+    if mode not in ("auto", "fx", "hooks"):
+        raise ValueError(f"mode must be 'auto', 'fx' or 'hooks', got {mode!r}")
+    found = _find_sites(model, include, exclude, adapters)
+    if not found:
+        raise RelaxError(
+            f"no equivariant linear op to relax in {type(model).__name__} (include={list(include)}, "
+            f"exclude={list(exclude)}); known ops: e3nn o3.Linear, e3nn tensor products with internal weights, "
+            "Vector-Neuron linears, and ops registered with relaxcli.register_op"
+        )
+    sites = [Site(path, module, adapter, adapter.make_branch(module, init_std)) for path, module, adapter in found]
+    ref = next(iter(model.parameters()), None)
+    if ref is not None:
+        for s in sites:
+            s.branch.to(device=ref.device, dtype=ref.dtype)
+    if mode == "hooks":
+        return RelaxedModel(model, sites, "hooks", fallback_reason="hooks requested")
+    try:
+        graph = _trace(model, sites)
+    except Exception as e:  # fx raises many kinds of errors for untraceable code
+        if mode == "fx":
+            raise RelaxError(f"torch.fx cannot trace {type(model).__name__}: {e}. Use mode 'hooks' (or 'auto').") \
+                from None
+        reason = f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {str(e).splitlines()[0]})"
+        return RelaxedModel(model, sites, "hooks", fallback_reason=reason)
+    return RelaxedModel(model, sites, "fx", graph=graph)

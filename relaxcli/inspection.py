@@ -1,0 +1,123 @@
+"""``relax inspect``: how far a model is from equivariance, per relaxed site and as a whole.
+
+For a recipe, a relaxed checkpoint or a projected checkpoint: a table of the sites (path, op, representations, θ,
+‖B‖_F, and on validation inputs the projection norm, Lie-derivative norm and discrete-generator norm of each branch)
+and the whole-model equivariance error (relative and absolute; float64 transforms; random rotations, plus parity and
+translation where the recipe's symmetry has them) of the model as stored and of its projection (θ = 0).
+
+Example:
+    >>> report = inspect_path("runs/nbody-20261122-120000/checkpoints/best.safetensors")
+    >>> report.equivariance["projected"].relative
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import build_model, build_relaxed, call_model, restore
+from .checkpoint import load_checkpoint
+from .graph import RelaxedModel
+from .projection import example_inputs, symmetry_args
+from .recipe import Recipe, load_recipe
+from .regularizers import site_terms
+from .testing import EquivarianceReport, equivariance_error
+
+__all__ = ["SiteRow", "InspectReport", "inspect_path", "site_rows"]
+
+
+@dataclass
+class SiteRow:
+    path: str
+    op: str
+    rep_in: str
+    rep_out: str
+    theta: float
+    weight_norm: float
+    projection: float
+    lie: float
+    discrete: float
+    calls: int
+
+
+@dataclass
+class InspectReport:
+    source: str
+    kind: str  # "recipe", "relaxed" or "projected"
+    model: str
+    mode: str | None
+    sites: list[SiteRow] = field(default_factory=list)
+    equivariance: dict[str, EquivarianceReport] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def worst(self) -> float:
+        """The relative error of the model as stored (the relaxed model where there is one)."""
+        key = "relaxed" if "relaxed" in self.equivariance else "projected"
+        return self.equivariance[key].relative if key in self.equivariance else 0.0
+
+
+def site_rows(relaxed: RelaxedModel, inputs: Any) -> list[SiteRow]:
+    """Per-site branch statistics, the data terms measured on ``inputs`` (all rows)."""
+    relaxed.eval()
+    with torch.no_grad(), relaxed.capturing():
+        for s in relaxed.sites:
+            s.calls = 0
+        call_model(relaxed, inputs)
+        rows = []
+        for s in relaxed.sites:
+            b = s.branch
+            data = torch.cat([b.rows(x) for x in b.captured]) if b.captured else None
+            t = site_terms(b, data, "data")
+            b.captured.clear()
+            rows.append(SiteRow(s.path, s.adapter.name, b.rep_names[0], b.rep_names[1], float(b.theta),
+                                float(b.weight.norm()), float(t.projection), float(t.lie), float(t.discrete), s.calls))
+    return rows
+
+
+def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> InspectReport:
+    """Inspect a recipe (``.yaml``/``.yml``) or a checkpoint (``.safetensors``)."""
+    p = Path(path)
+    recipe: Recipe
+    if p.suffix in (".yaml", ".yml"):
+        recipe = load_recipe(p)
+        model = build_model(recipe)
+        relaxed = build_relaxed(model, recipe)
+        kind = "recipe"
+    else:
+        ckpt = load_checkpoint(p)
+        recipe, model, relaxed = restore(ckpt)
+        kind = ckpt.kind
+    report = InspectReport(str(p), kind, recipe.model.target, relaxed.mode if relaxed is not None else None)
+    if relaxed is not None and relaxed.fallback_reason:
+        report.notes.append(f"hooks mode: {relaxed.fallback_reason}")
+    inputs = example_inputs(recipe, samples)
+    if relaxed is not None:
+        report.sites = site_rows(relaxed, inputs)
+        for row in report.sites:
+            if row.calls != 1:
+                report.notes.append(f"site {row.path} fired {row.calls} times in one forward pass")
+    elif kind == "projected":
+        report.notes.append("projected checkpoint: no branches")
+    else:
+        report.notes.append("relax.enabled is false: the model is trained without branches")
+    if recipe.symmetry is None:
+        report.notes.append("the recipe has no 'symmetry' section: whole-model equivariance was not measured")
+        return report
+    args, kw = symmetry_args(recipe, inputs)
+    model.eval()
+    if relaxed is not None:
+        thetas = sorted({round(r.theta, 6) for r in report.sites})
+        report.equivariance["relaxed"] = equivariance_error(relaxed, args, ntrials=trials, **kw)
+        if thetas == [0.0]:
+            report.notes.append("every θ is 0: the relaxed model is its projection")
+        with relaxed.projected():
+            report.equivariance["projected"] = equivariance_error(relaxed, args, ntrials=trials, **kw)
+    else:
+        report.equivariance["projected"] = equivariance_error(model, args, ntrials=trials, **kw)
+    return report

@@ -1,0 +1,119 @@
+"""Projection: strip the branches (θ = 0) and check that what remains, the user's own model, is equivariant.
+
+Example:
+    >>> model = project(relaxed, inputs=(pos, vel), irreps_in=["cartesian_points", "1o"],
+    ...                 irreps_out="cartesian_points")
+    >>> torch.save(model.state_dict(), ...)  # exactly the user's keys
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .build import DTYPES, build_data, example_batch, restore, to_device
+from .checkpoint import PROJECTED, load_checkpoint, save_checkpoint, versions
+from .errors import EquivarianceError, RelaxError
+from .graph import RelaxedModel
+from .recipe import Recipe
+from .testing import EquivarianceReport, equivariance_error
+
+__all__ = ["project", "verify_equivariant", "project_checkpoint", "symmetry_args", "example_inputs"]
+
+
+def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_in: Sequence[Any], irreps_out: Any,
+                       tolerance: float = 1e-6, **kwargs: Any) -> EquivarianceReport:
+    """Measure the relative equivariance error of ``model`` (in eval mode) and raise
+    :class:`~relaxcli.EquivarianceError` if it exceeds ``tolerance``."""
+    was_training = model.training
+    model.eval()
+    try:
+        report = equivariance_error(model, inputs, irreps_in, irreps_out, **kwargs)
+    finally:
+        model.train(was_training)
+    if not report.relative <= tolerance:
+        raise EquivarianceError(
+            f"the projected model is not equivariant: relative error {report.relative:.3e} exceeds the tolerance "
+            f"{tolerance:.1e} (absolute {report.absolute:.3e}; per case "
+            + ", ".join(f"{k} {v:.2e}" for k, v in report.cases.items())
+            + "). Check the symmetry spec of the inputs and output, or raise the tolerance."
+        )
+    return report
+
+
+def project(relaxed: RelaxedModel, *, inputs: Sequence[torch.Tensor] | None = None,
+            irreps_in: Sequence[Any] | None = None, irreps_out: Any = None, tolerance: float = 1e-6,
+            **kwargs: Any) -> nn.Module:
+    """Strip the branches of ``relaxed`` and return the user's module; verify equivariance when ``inputs`` are given.
+
+    Raises:
+        EquivarianceError: the stripped model's relative error on ``inputs`` exceeds ``tolerance``.
+    """
+    model = relaxed.strip()
+    if inputs is not None:
+        if irreps_in is None:
+            raise ValueError("project(..., inputs=...) needs irreps_in and irreps_out to check equivariance")
+        verify_equivariant(model, inputs, irreps_in, irreps_out, tolerance, **kwargs)
+    return model
+
+
+def example_inputs(recipe: Recipe, samples: int) -> Any:
+    """The first ``samples`` validation inputs of the recipe's data (in the recipe's dtype), for equivariance checks."""
+    splits = build_data(recipe)
+    inputs, _ = example_batch(splits.val, samples)
+    return to_device(inputs, torch.device("cpu"), DTYPES[recipe.trainer.dtype])
+
+
+def symmetry_args(recipe: Recipe, inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Positional inputs and the keyword arguments of :func:`~relaxcli.testing.equivariance_error` from the recipe's
+    ``symmetry`` section; a clear error when it is missing."""
+    sym = recipe.symmetry
+    if sym is None:
+        raise RelaxError(
+            f"recipe '{recipe.name}' has no 'symmetry' section, so equivariance cannot be checked. Add one saying how "
+            "the group acts on each model input and on the output, e.g.\n  symmetry:\n    inputs: [cartesian_points, "
+            "1x1o, null]\n    output: cartesian_points")
+    args = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
+    if len(sym.inputs) != len(args):
+        raise RelaxError(f"symmetry.inputs lists {len(sym.inputs)} inputs but the model takes {len(args)} "
+                         f"(from the data); give one entry per model input")
+    return args, {"irreps_in": sym.inputs, "irreps_out": sym.output, "do_parity": sym.parity,
+                  "do_translation": sym.translation}
+
+
+def default_tolerance(recipe: Recipe) -> float:
+    return 1e-10 if recipe.trainer.dtype == "float64" else 1e-5
+
+
+def project_checkpoint(path: str | Path, out: str | Path | None = None, *, tolerance: float | None = None,
+                       trials: int = 3, samples: int = 16, verify: bool = True,
+                       overwrite: bool = False) -> tuple[Path, EquivarianceReport | None]:
+    """``relax project``: strip the branches of a relaxed checkpoint, verify, and write the user's state_dict.
+
+    The output holds exactly the keys of the user's ``state_dict()`` (``load_state_dict(strict=True)`` works) and
+    metadata naming the model component, its arguments and the recipe. Nothing is written if the check fails.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.kind == PROJECTED:
+        raise RelaxError(f"{ckpt.path} is already a projected checkpoint; 'relax inspect' it instead")
+    out_path = Path(out) if out is not None else ckpt.path.with_name(ckpt.path.stem + ".projected.safetensors")
+    if out_path.exists() and not overwrite:
+        raise RelaxError(f"{out_path} already exists; pass -o with another path, or --overwrite to replace it")
+    recipe, model, _ = restore(ckpt)  # the branches are not attached: this is the projected model
+    model.eval()
+    report = None
+    tol = default_tolerance(recipe) if tolerance is None else tolerance
+    if verify:
+        args, kw = symmetry_args(recipe, example_inputs(recipe, samples))
+        report = verify_equivariant(model, args, tolerance=tol, ntrials=trials, **kw)
+    meta = {"format": PROJECTED, "model_component": recipe.model.target, "model_kwargs": recipe.model.kwargs,
+            "recipe": recipe.to_dict(), "source_checkpoint": str(ckpt.path), "step": ckpt.json("step"),
+            "versions": versions(),
+            "equivariance": None if report is None else {"relative": report.relative, "absolute": report.absolute,
+                                                         "tolerance": tol, "cases": report.cases}}
+    save_checkpoint(out_path, dict(model.state_dict()), meta)
+    return out_path, report

@@ -1,0 +1,338 @@
+"""The trainer: one batch from the recipe to the exported checkpoint.
+
+Each step: the schedule sets θ; the relaxed model computes ``op(x) + θ·B(x)`` at every site and captures the
+sites' inputs; ``loss = task_loss + λ·Σ regularisers (+ the schedule's own penalty)``; backward, clip, optimiser step.
+Every ``eval_every`` epochs the **projected** model (θ = 0, branches off) and the relaxed model are evaluated on the
+validation split; the best checkpoint is chosen on the projected validation metric, and the test metric is reported
+at that checkpoint. ``relax: {enabled: false}`` runs the same loop on the plain model.
+
+The run directory holds ``recipe.yaml`` (resolved, with the actual seed), ``metrics.jsonl``/``metrics.csv``,
+``plots/*.png``, ``checkpoints/{last,best}.safetensors`` and ``summary.json``. ``last`` also holds everything needed
+to resume (optimiser, lr scheduler, θ schedule, RNG, counters); resuming re-runs the epoch that was interrupted and
+ends with the same result as an uninterrupted run.
+
+Example:
+    >>> trainer = Trainer(load_recipe("recipes/nbody_relaxed.yaml"), Path("runs/nbody"))
+    >>> summary = trainer.fit()
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .build import (DTYPES, build_data, build_model, build_regularizer, build_relaxed, build_schedule, call_model,
+                    resolve_device, split_batch, to_device)
+from .checkpoint import RELAXED, Checkpoint, atomic_write, load_checkpoint, flatten_state, save_checkpoint, unflatten_state, versions
+from .errors import RelaxError
+from .metrics import MetricsLog, write_csv, write_plots
+from .recipe import Recipe, dump_recipe, instantiate
+from .regularizers import site_terms
+
+__all__ = ["Trainer"]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Train the model of ``recipe`` into ``run_dir`` (created; or resumed from when ``resume=True``).
+
+    Args:
+        recipe: a validated recipe; a null ``seed`` is drawn here and recorded in ``run_dir/recipe.yaml``.
+        run_dir: the run directory.
+        resume: continue from ``run_dir/checkpoints/last.safetensors``.
+        progress: show a live progress display on stderr (default: only when stderr is a terminal).
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, progress: bool | None = None) -> None:
+        if recipe.seed is None:
+            recipe.seed = random.SystemRandom().randrange(2**31)
+        self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
+        self.show_progress = sys.stderr.isatty() if progress is None else progress
+        cfg = recipe.trainer
+        self.device = resolve_device(cfg.device)
+        self.dtype = DTYPES[cfg.dtype]
+
+        _seed_everything(recipe.seed)
+        self.model = build_model(recipe)
+        self.splits = build_data(recipe)
+        self.relaxed = build_relaxed(self.model, recipe)
+        self.net: nn.Module = self.relaxed if self.relaxed is not None else self.model
+        self.net.to(self.device)
+        self.loss_fn = instantiate(recipe.loss)
+        self.optimizer = instantiate(recipe.optimizer, self.net.parameters())
+        self.scheduler = instantiate(recipe.scheduler, self.optimizer) if recipe.scheduler is not None else None
+
+        self.steps_per_epoch = math.ceil(len(self.splits.train) / cfg.batch_size)  # type: ignore[arg-type]
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.regularizer = build_regularizer(recipe) if self.relaxed is not None else None
+        self.schedule = build_schedule(recipe, self.total_steps, self.steps_per_epoch) \
+            if self.relaxed is not None else None
+
+        self.epoch, self.step = 0, 0
+        self.best_val = math.inf
+        self.best_epoch = -1
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if resume:
+            self._restore(self.ckpt_dir / "last.safetensors")
+        else:
+            atomic_write(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
+        self.log = MetricsLog(self.metrics_path)
+        self._start_time = time.time()
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to the end, evaluate the test split at the best checkpoint, write plots and ``summary.json``."""
+        cfg = self.recipe.trainer
+        with self._progress() as progress:
+            while self.epoch < cfg.epochs and self.step < self.total_steps:
+                self._train_epoch(progress)
+                self.epoch += 1  # from here on, self.epoch counts the completed epochs
+                last = self.epoch >= cfg.epochs or self.step >= self.total_steps
+                if self.epoch % cfg.eval_every == 0 or last:
+                    self._evaluate_and_keep_best()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                if self.epoch % cfg.checkpoint_every == 0 or last:
+                    self._save("last", with_state=True)
+                progress.epoch_done(self)
+        summary = self._test()
+        self._write_reports()
+        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _train_epoch(self, progress: Any) -> None:
+        cfg = self.recipe.trainer
+        self.net.train()
+        gen = torch.Generator().manual_seed(self.recipe.seed * 100_003 + self.epoch)  # type: ignore[operator]
+        loader = DataLoader(self.splits.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                            num_workers=cfg.num_workers)
+        window: dict[str, float] = {}
+        count = 0
+        for batch in loader:
+            if self.step >= self.total_steps:
+                break
+            record = self._train_step(batch)
+            for k, v in record.items():
+                window[k] = window.get(k, 0.0) + v
+            count += 1
+            self.step += 1
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                self.log.append({"kind": "train", "step": self.step, "epoch": self.epoch + 1,
+                                 **{k: v / count for k, v in window.items()},
+                                 "lr": self.optimizer.param_groups[0]["lr"],
+                                 "time": round(time.time() - self._start_time, 3)})
+                progress.update(self, window["loss"] / count)
+                window, count = {}, 0
+
+    def _train_step(self, batch: Any) -> dict[str, float]:
+        inputs, target = to_device(split_batch(batch), self.device, self.dtype)
+        record: dict[str, float] = {}
+        if self.relaxed is not None:
+            assert self.schedule is not None and self.regularizer is not None
+            self.schedule.before_step(self.relaxed, self.step)
+        task = self.loss_fn(call_model(self.net, inputs), target)
+        loss = task
+        if self.relaxed is not None:
+            assert self.schedule is not None and self.regularizer is not None
+            reg = self.regularizer(self.relaxed)
+            loss = loss + reg.total
+            penalty = self.schedule.penalty(self.relaxed)
+            if penalty is not None:
+                loss = loss + penalty
+            record.update(reg=float(reg.total.detach()), **reg.summary(), theta=self._theta())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.recipe.trainer.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.recipe.trainer.grad_clip)
+        self.optimizer.step()
+        if self.relaxed is not None:
+            assert self.schedule is not None
+            self.schedule.after_step(self.relaxed, self.step)
+        loss_value, task_value = float(loss.detach()), float(task.detach())
+        if not math.isfinite(loss_value):
+            raise RelaxError(f"the loss became {loss_value} at step {self.step} (epoch {self.epoch + 1}); lower the "
+                             "learning rate, set trainer.grad_clip, or lower relax.theta.max")
+        return {"loss": loss_value, "task": task_value, **record}
+
+    def _theta(self) -> float:
+        assert self.relaxed is not None
+        thetas = [float(b.theta) for b in self.relaxed.branches.values()]
+        return sum(thetas) / len(thetas)
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str, projected: bool = True) -> float:
+        """Mean loss over a split, of the projected model (θ = 0) or of the relaxed model."""
+        dataset = getattr(self.splits, split)
+        cfg = self.recipe.trainer
+        loader = DataLoader(dataset, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
+                            num_workers=cfg.num_workers)
+        self.net.eval()
+        total, n = 0.0, 0
+        try:
+            for batch in loader:
+                inputs, target = to_device(split_batch(batch), self.device, self.dtype)
+                if self.relaxed is not None and projected:
+                    with self.relaxed.projected():
+                        out = call_model(self.net, inputs)
+                else:
+                    out = call_model(self.net, inputs)
+                size = target.shape[0]
+                total += float(self.loss_fn(out, target)) * size
+                n += size
+        finally:
+            self.net.train()
+            if self.relaxed is not None:
+                for b in self.relaxed.branches.values():
+                    b.captured.clear()
+        return total / max(n, 1)
+
+    def site_stats(self) -> dict[str, dict[str, float]]:
+        """Per site: θ, ‖B‖_F and the data-free Lie-derivative and discrete norms of the branch."""
+        if self.relaxed is None:
+            return {}
+        out = {}
+        with torch.no_grad():
+            for s in self.relaxed.sites:
+                t = site_terms(s.branch, None, "weight")
+                out[s.path] = {"theta": float(s.branch.theta), "weight_norm": float(t.projection),
+                               "lie": float(t.lie), "discrete": float(t.discrete)}
+        return out
+
+    def _evaluate_and_keep_best(self) -> None:
+        val_projected = self.evaluate("val", projected=True)
+        val_relaxed = self.evaluate("val", projected=False) if self.relaxed is not None else None
+        best = val_projected < self.best_val
+        if best:
+            self.best_val, self.best_epoch = val_projected, self.epoch
+            self._save("best", with_state=False)
+        self.log.append({"kind": "eval", "step": self.step, "epoch": self.epoch, "val_projected": val_projected,
+                         "val_relaxed": val_relaxed, "theta": self._theta() if self.relaxed is not None else None,
+                         "best": best, "sites": self.site_stats()})
+        self.last_eval = (val_projected, val_relaxed)
+
+    def _test(self) -> dict[str, Any]:
+        best = self.ckpt_dir / "best.safetensors"
+        ckpt = load_checkpoint(best)
+        self._load_weights(ckpt)
+        test_projected = self.evaluate("test", True) if self.splits.test is not None else None
+        test_relaxed = self.evaluate("test", False) if self.splits.test is not None and self.relaxed else None
+        record = {"kind": "test", "step": int(ckpt.json("step")), "epoch": int(ckpt.json("epoch")),
+                  "val_projected": self.best_val, "test_projected": test_projected, "test_relaxed": test_relaxed}
+        self.log.append(record)
+        return {"name": self.recipe.name, "seed": self.recipe.seed, "relaxed": self.relaxed is not None,
+                "best_epoch": record["epoch"], "best_step": record["step"], "val_projected": self.best_val,
+                "test_projected": test_projected, "test_relaxed": test_relaxed, "steps": self.step,
+                "run_dir": str(self.run_dir), "best_checkpoint": str(best)}
+
+    def _write_reports(self) -> None:
+        records = MetricsLog.read(self.metrics_path)
+        write_csv(records, self.run_dir / "metrics.csv")
+        write_plots(records, self.run_dir / "plots")
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _save(self, which: str, with_state: bool) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.relaxed is not None:
+            tensors.update({f"branches.{k}": v for k, v in self.relaxed.branches.state_dict().items()})
+        meta: dict[str, Any] = {
+            "format": RELAXED, "recipe": json.dumps(self.recipe.to_dict()), "step": self.step,
+            "epoch": self.epoch, "relaxed": self.relaxed is not None, "versions": versions(),
+            "theta": self._theta() if self.relaxed is not None else None,
+            "sites": [s.path for s in self.relaxed.sites] if self.relaxed is not None else [],
+            "relax_mode": self.relaxed.mode if self.relaxed is not None else None,
+        }
+        if with_state:
+            state = {"optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                     "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+                     "rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
+                     "best_val": self.best_val, "best_epoch": self.best_epoch,
+                     "metrics_lines": MetricsLog.count_lines(self.metrics_path)}
+            state_tensors, skeleton = flatten_state(state, "state")
+            tensors.update(state_tensors)
+            meta["trainer_state"] = skeleton
+        save_checkpoint(self.ckpt_dir / f"{which}.safetensors", tensors, meta)
+
+    def _load_weights(self, ckpt: Checkpoint) -> None:
+        self.model.load_state_dict(ckpt.model_state(), strict=True)
+        if self.relaxed is not None:
+            self.relaxed.branches.load_state_dict(ckpt.branch_state(), strict=True)
+
+    def _restore(self, path: Path) -> None:
+        if not path.exists():  # killed before the first checkpoint: start again from the recorded seed
+            MetricsLog.truncate(self.metrics_path, 0)
+            return
+        ckpt = load_checkpoint(path)
+        skeleton = ckpt.json("trainer_state")
+        if skeleton is None:
+            raise RelaxError(f"{path} holds no trainer state; only checkpoints/last.safetensors can be resumed")
+        self._load_weights(ckpt)
+        state = unflatten_state(skeleton, ckpt.tensors)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.schedule is not None and state["schedule"] is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        random.setstate((3, tuple(state["python_rng"]), None))
+        self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.epoch, self.step = int(ckpt.json("epoch")), int(ckpt.json("step"))
+        MetricsLog.truncate(self.metrics_path, state["metrics_lines"])
+
+    # -- display -------------------------------------------------------------------------------------------------
+    def _progress(self) -> Any:
+        return _Progress(self.show_progress, self.total_steps, self.recipe.name)
+
+
+class _Progress:
+    """A rich progress bar on stderr (epoch, step, loss, θ, validation); silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int, name: str) -> None:
+        self.enabled, self.total, self.name = enabled, total, name
+        self.bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                console=Console(stderr=True))
+            self.bar.start()
+            self.task = self.bar.add_task(self.name, total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, trainer: Trainer, loss: float) -> None:
+        if self.bar is None:
+            return
+        theta = f" θ {trainer._theta():.3f}" if trainer.relaxed is not None else ""
+        val = getattr(trainer, "last_eval", None)
+        val_text = f" val(θ=0) {val[0]:.4g}" if val else ""
+        self.bar.update(self.task, completed=trainer.step,
+                        info=f"epoch {trainer.epoch + 1} loss {loss:.4g}{theta}{val_text}")
+
+    def epoch_done(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.update(trainer, float("nan"))

@@ -1,0 +1,210 @@
+"""The graph pass on real e3nn models: fx and hook modes, parameter sharing, stripping, equivariance."""
+
+import copy
+
+import e3nn.util.test
+import pytest
+import torch
+from e3nn import o3
+
+import relaxcli
+from relaxcli import RelaxError, VNLinear
+from relaxcli.models import SEGNN
+from relaxcli.testing import assert_equivariant, equivariance_error
+
+SPEC_IN = ["cartesian_points", "1o", None]
+SPEC_OUT = "cartesian_points"
+
+
+def nbody_inputs(batch: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(batch, 5, 3, generator=g)
+    vel = torch.randn(batch, 5, 3, generator=g)
+    charges = torch.randint(0, 2, (batch, 5, 1), generator=g).float() * 2 - 1
+    return pos, vel, charges
+
+
+@pytest.fixture()
+def segnn() -> SEGNN:
+    torch.manual_seed(0)
+    return SEGNN("8x0e+8x1o", num_layers=2)
+
+
+def test_fx_pass_finds_every_weighted_op_and_shares_parameters(segnn: SEGNN) -> None:
+    relaxed = relaxcli.relax(segnn)
+    assert relaxed.mode == "fx"
+    paths = [s.path for s in relaxed.sites]
+    assert paths == ["embed", "layers.0.message1.tp", "layers.0.message2.tp", "layers.0.update1.tp",
+                     "layers.0.update2", "layers.1.message1.tp", "layers.1.message2.tp", "layers.1.update1.tp",
+                     "layers.1.update2", "readout1.tp", "readout2"]
+    assert relaxed.dry_run(*nbody_inputs()) == {p: 1 for p in paths}
+    # the relaxed model trains the user's own parameters: same objects, not copies
+    user = {id(p) for p in segnn.parameters()}
+    assert user <= {id(p) for p in relaxed.parameters()}
+    assert list(relaxed.module.state_dict()) == list(SEGNN("8x0e+8x1o", num_layers=2).state_dict())
+
+
+def test_zero_branch_is_bit_for_bit_the_original(segnn: SEGNN) -> None:
+    inputs = nbody_inputs()
+    expected = segnn(*inputs)
+    relaxed = relaxcli.relax(segnn, init_std=0.0)
+    relaxed.set_theta(1.0)
+    assert torch.equal(relaxed(*inputs), expected)
+    with relaxed.projected():
+        torch.nn.init.normal_(relaxed.branches["embed"].weight)
+        assert torch.equal(relaxed(*inputs), expected)
+
+
+def test_random_branch_breaks_equivariance_and_stripping_restores_it(segnn: SEGNN) -> None:
+    inputs = nbody_inputs()
+    relaxed = relaxcli.relax(segnn, init_std=0.1)
+    relaxed.set_theta(1.0)
+    broken = equivariance_error(relaxed, inputs, SPEC_IN, SPEC_OUT)
+    assert broken.relative > 1e-2
+
+    # train a few steps so the user's weights move away from their initial values
+    opt = torch.optim.Adam(relaxed.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = relaxed(*inputs).square().mean() + relaxcli.Regularizer()(relaxed).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model = relaxcli.project(relaxed, inputs=inputs, irreps_in=SPEC_IN, irreps_out=SPEC_OUT, tolerance=1e-5)
+    assert model is segnn
+    fresh = SEGNN("8x0e+8x1o", num_layers=2)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    assert torch.equal(fresh(*inputs), segnn(*inputs))
+    e3nn.util.test.assert_equivariant(fresh, args_in=list(inputs), irreps_in=SPEC_IN, irreps_out=[SPEC_OUT])
+    assert_equivariant(fresh, inputs, SPEC_IN, SPEC_OUT, tolerance=1e-5)
+
+
+def test_project_refuses_a_model_that_is_not_equivariant(segnn: SEGNN) -> None:
+    inputs = nbody_inputs()
+    relaxed = relaxcli.relax(segnn)
+    with pytest.raises(relaxcli.EquivarianceError, match="not equivariant"):
+        # wrong spec: velocities declared as pseudovectors, so the parity check fails
+        relaxcli.project(relaxed, inputs=inputs, irreps_in=["cartesian_points", "1e", None], irreps_out=SPEC_OUT)
+
+
+def test_fx_and_hooks_give_the_same_outputs_and_gradients(segnn: SEGNN) -> None:
+    inputs = nbody_inputs()
+    twin = copy.deepcopy(segnn)
+    fx_model = relaxcli.relax(segnn, mode="fx", init_std=0.05)
+    hook_model = relaxcli.relax(twin, mode="hooks")
+    assert (fx_model.mode, hook_model.mode) == ("fx", "hooks")
+    hook_model.branches.load_state_dict(fx_model.branches.state_dict())
+    for m in (fx_model, hook_model):
+        m.set_theta(0.7)
+        m.train()
+    out_fx, out_hooks = fx_model(*inputs), hook_model(*inputs)
+    assert torch.allclose(out_fx, out_hooks, atol=1e-6)
+    reg = relaxcli.Regularizer(rows=None)
+    (out_fx.square().mean() + reg(fx_model).total).backward()
+    (out_hooks.square().mean() + reg(hook_model).total).backward()
+    grads_fx = dict(fx_model.named_parameters())
+    for name, p in hook_model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.allclose(p.grad, grads_fx[name].grad, atol=1e-6, rtol=1e-4), name
+    hook_model.strip()
+    assert torch.equal(twin(*inputs), segnn(*inputs))  # hooks removed: the plain user model again
+
+
+def test_regulariser_gradients_reach_only_the_branches(segnn: SEGNN) -> None:
+    relaxed = relaxcli.relax(segnn, init_std=0.1)
+    relaxed.set_theta(1.0)
+    relaxed.train()
+    relaxed(*nbody_inputs())
+    reg = relaxcli.Regularizer()(relaxed)
+    reg.total.backward()
+    assert all(p.grad is None for p in segnn.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in relaxed.branch_parameters())
+
+
+class DataDependent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin1 = o3.Linear("2x0e+1x1o", "2x0e+1x1o")
+        self.lin2 = o3.Linear("2x0e+1x1o", "2x0e+1x1o")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin1(x)
+        if h.norm() > 1.0:  # data-dependent control flow: fx cannot trace this
+            h = self.lin2(h)
+        return h
+
+
+def test_untraceable_model_falls_back_to_hooks_with_a_reason() -> None:
+    model = DataDependent()
+    with pytest.raises(RelaxError, match="cannot trace DataDependent"):
+        relaxcli.relax(model, mode="fx")
+    relaxed = relaxcli.relax(model, init_std=0.0)
+    assert relaxed.mode == "hooks"
+    assert "torch.fx cannot trace DataDependent" in relaxed.fallback_reason
+    x = torch.randn(10, 5) * 10
+    assert relaxed.dry_run(x) == {"lin1": 1, "lin2": 1}
+    assert relaxed.dry_run(x * 1e-3) == {"lin1": 1, "lin2": 0}  # a bypassed site is reported, not missed
+
+
+class SharedAndUnused(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = VNLinear(4, 4)
+        self.unused = VNLinear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared(torch.relu(self.shared(x)))
+
+
+def test_dry_run_counts_shared_and_unused_sites() -> None:
+    relaxed = relaxcli.relax(SharedAndUnused())
+    assert relaxed.mode == "fx"
+    assert relaxed.dry_run(torch.randn(2, 4, 3, 8)) == {"shared": 2, "unused": 0}
+
+
+def test_include_exclude_globs(segnn: SEGNN) -> None:
+    relaxed = relaxcli.relax(segnn, include=["layers.*"], exclude=["*.update2"])
+    assert [s.path for s in relaxed.sites] == [
+        "layers.0.message1.tp", "layers.0.message2.tp", "layers.0.update1.tp",
+        "layers.1.message1.tp", "layers.1.message2.tp", "layers.1.update1.tp"]
+    with pytest.raises(RelaxError, match="no equivariant linear op"):
+        relaxcli.relax(segnn, include=["nothing.*"])
+
+
+def test_float64_model_is_exact_and_dtype_moves_keep_sharing() -> None:
+    # e3nn bakes its constants in the default dtype at construction: build float64 models under float64.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = SEGNN("8x0e+8x1o", num_layers=2)
+    finally:
+        torch.set_default_dtype(previous)
+    relaxed = relaxcli.relax(model, init_std=0.1)
+    assert relaxed.branches["embed"].weight.dtype == torch.float64
+    inputs = tuple(t.double() for t in nbody_inputs())
+    with relaxed.projected():
+        assert_equivariant(relaxed, inputs, SPEC_IN, SPEC_OUT, tolerance=1e-12)
+    relaxed.float()  # replaces the e3nn buffers: the graph module must follow
+    relaxed.set_theta(0.0)
+    inputs = nbody_inputs()
+    assert relaxed.branches["embed"].weight.dtype == torch.float32
+    assert torch.equal(relaxed(*inputs), model(*inputs))
+
+
+def test_user_registered_op() -> None:
+    class Rotor(torch.nn.Module):
+        """An equivariant map on 1o vectors: scaling by a learnt scalar."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scale * x
+
+    rep = relaxcli.Rep.from_irreps("1x1o")
+    adapter = relaxcli.ExplicitAdapter(Rotor, rep_in=rep, rep_out=rep)
+    model = torch.nn.Sequential(Rotor(), torch.nn.Tanh(), Rotor())
+    relaxed = relaxcli.relax(model, adapters=[adapter])
+    assert [s.path for s in relaxed.sites] == ["0", "2"]
+    assert relaxed.sites[0].adapter is adapter

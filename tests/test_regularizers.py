@@ -1,0 +1,132 @@
+"""The representations and the regulariser terms, on real e3nn and Vector-Neuron ops."""
+
+import pytest
+import torch
+from e3nn import o3
+
+import relaxcli
+from relaxcli import DenseBranch, Regularizer, Rep, VNLinear, VectorBranch, site_terms
+from relaxcli.adapters import IrrepsLinearAdapter
+from relaxcli.testing import intertwiner_dim, intertwiner_residual
+
+IRREPS = [("4x0e+2x1o+1x1e", "3x0e+2x1o+2x1e"), ("2x0e+1x1o+1x2e", "1x0e+2x1o+1x2e+1x2o"), ("1x1o", "1x1e")]
+
+
+def dense_matrix(op: torch.nn.Module, dim_in: int) -> torch.Tensor:
+    """The matrix of a linear op acting on the last axis, from its action on the basis."""
+    with torch.no_grad():
+        return op(torch.eye(dim_in, dtype=torch.float64)).T
+
+
+def linear_and_branch(irreps_in: str, irreps_out: str) -> tuple[o3.Linear, DenseBranch]:
+    lin = o3.Linear(irreps_in, irreps_out).double()
+    branch = IrrepsLinearAdapter().make_branch(lin, init_std=0.0).double()
+    return lin, branch
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out", IRREPS[:2])
+def test_o3_linear_is_in_the_null_space_of_every_constraint(irreps_in: str, irreps_out: str) -> None:
+    lin, branch = linear_and_branch(irreps_in, irreps_out)
+    torch.nn.init.normal_(lin.weight)
+    w = dense_matrix(lin, lin.irreps_in.dim)
+    with torch.no_grad():
+        branch.weight.copy_(w)
+    x = torch.randn(64, lin.irreps_in.dim, dtype=torch.float64)
+    terms = site_terms(branch, x, "data")
+    scale = float(terms.projection.detach())
+    assert scale > 0.1
+    assert float(terms.lie.detach()) < 1e-12 * scale
+    assert float(terms.discrete.detach()) < 1e-12 * scale
+    weight_terms = site_terms(branch, None, "weight")
+    assert float(weight_terms.lie.detach()) < 1e-12 and float(weight_terms.discrete.detach()) < 1e-12
+
+    # A random matrix of the same shape violates the constraints clearly.
+    with torch.no_grad():
+        branch.weight.normal_()
+    terms = site_terms(branch, x, "data")
+    assert float(terms.lie.detach()) > 0.1 * float(terms.projection.detach())
+    assert float(terms.discrete.detach()) > 0.1 * float(terms.projection.detach())
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out", IRREPS)
+def test_joint_null_space_has_dimension_weight_numel(irreps_in: str, irreps_out: str) -> None:
+    lin, branch = linear_and_branch(irreps_in, irreps_out)
+    rep_in = Rep(branch.dim_in, branch.generators_in, branch.elements_in)
+    rep_out = Rep(branch.dim_out, branch.generators_out, branch.elements_out)
+    assert intertwiner_dim(rep_in, rep_out) == lin.weight_numel
+
+
+def test_parity_is_what_separates_1o_from_1e() -> None:
+    """A map 1o -> 1e passes every so(3) test and fails parity."""
+    lin, branch = linear_and_branch("1x1o", "1x1e")
+    assert lin.weight_numel == 0
+    with torch.no_grad():
+        branch.weight.copy_(torch.eye(3))
+    terms = site_terms(branch, torch.randn(32, 3, dtype=torch.float64), "data")
+    assert float(terms.lie.detach()) < 1e-12
+    assert float(terms.discrete.detach()) > 1.0
+
+
+def test_generators_match_e3nn_wigner_matrices() -> None:
+    """exp(t dρ(A)) must equal D(exp(t A)) on the irreps: the generators are those of e3nn's basis."""
+    irreps = o3.Irreps("2x0e+1x1o+1x2e+1x3o")
+    rep = Rep.from_irreps(irreps)
+    l1 = Rep.from_irreps("1x1o").generators
+    t = 0.37
+    for k in range(3):
+        rot = torch.linalg.matrix_exp(t * l1[k])
+        expected = irreps.D_from_matrix(rot)
+        # D_from_matrix goes through Euler angles: ~1e-7 accurate, hence the tolerance
+        assert torch.allclose(torch.linalg.matrix_exp(t * rep.generators[k]), expected, atol=1e-5)
+        assert not torch.allclose(torch.linalg.matrix_exp(-t * rep.generators[k]), expected, atol=1e-2)
+    assert torch.equal(rep.elements[0], irreps.D_from_matrix(-torch.eye(3, dtype=torch.float64)))
+
+
+def test_vector_neuron_constraints() -> None:
+    layer = VNLinear(4, 6).double()
+    branch = VectorBranch(4, 6, init_std=0.0).double()
+    rep_in, rep_out = Rep.vector_neurons(4), Rep.vector_neurons(6)
+    with torch.no_grad():
+        branch.weight.copy_(torch.kron(layer.weight, torch.eye(3, dtype=torch.float64)))
+    x = torch.randn(2, 4, 3, 50, dtype=torch.float64)
+    # The branch on its native layout is the dense matrix on flattened c*3+i rows ...
+    assert torch.allclose(branch.apply(x), layer(x), atol=1e-12)
+    # ... with rows flattened as c*3+i per point.
+    out_rows = layer(x).permute(0, 3, 1, 2).reshape(-1, 18)
+    assert torch.allclose(branch.rows(x) @ branch.weight.T, out_rows, atol=1e-12)
+    terms = site_terms(branch, branch.rows(x), "data")
+    assert float(terms.lie.detach()) < 1e-12 * float(terms.projection.detach())
+    lie, _ = intertwiner_residual(branch.weight, rep_in, rep_out)
+    assert float(lie.max()) < 1e-12
+    assert intertwiner_dim(rep_in, rep_out) == layer.weight.numel()
+    with torch.no_grad():
+        branch.weight.normal_()
+    terms = site_terms(branch, branch.rows(x), "data")
+    assert float(terms.lie.detach()) > 0.1 * float(terms.projection.detach())
+
+
+def test_vector_branch_on_other_axes_matches_moving_axes() -> None:
+    branch = VectorBranch(3, 5, init_std=1.0, channel_axis=-1, vector_axis=-2).double()
+    x = torch.randn(7, 11, 3, 3, dtype=torch.float64)  # [B, N, 3, C]
+    expected = (x.transpose(-1, -2).reshape(7, 11, 9) @ branch.weight.T).reshape(7, 11, 5, 3).transpose(-1, -2)
+    assert torch.allclose(branch.apply(x), expected, atol=1e-12)
+    rows = branch.rows(x, max_rows=20)
+    assert rows.shape == (20, 9)
+
+
+def test_regulariser_is_per_row_mean_and_subsamples() -> None:
+    lin = o3.Linear("4x0e+2x1o", "4x0e+2x1o")
+    relaxed = relaxcli.relax(torch.nn.Sequential(lin), init_std=0.1)
+    relaxed.train()
+    x = torch.randn(4000, 10)
+    relaxed(x)
+    full = Regularizer(rows=None)(relaxed)
+    relaxed(torch.cat([x, x]))
+    doubled = Regularizer(rows=None)(relaxed)
+    # per-row averaging: repeating the batch changes nothing
+    assert torch.allclose(full.total, doubled.total, rtol=1e-5)
+    relaxed(x)
+    sub = Regularizer(rows=1000)(relaxed)
+    assert abs(float(sub.total.detach()) / float(full.total.detach()) - 1) < 0.15
+    # captured inputs are released after use
+    assert all(not b.captured for b in relaxed.branches.values())
