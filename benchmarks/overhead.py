@@ -309,7 +309,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.rows == "default":
-        args.rows = inspect.signature(relaxcli.Regularizer.__init__).parameters["rows"].default
+        args.rows = inspect.signature(relaxcli.Regularizer).parameters["rows"].default
     elif args.rows.lower() in ("none", "all"):
         args.rows = None
     else:

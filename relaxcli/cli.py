@@ -101,8 +101,9 @@ def train(
         if not (resume / "recipe.yaml").is_file():
             raise RelaxError(f"{resume} is not a run directory: it has no recipe.yaml")
         rec = load_recipe(resume / "recipe.yaml")
-        summary = Trainer(rec, resume, resume=True, progress=progress).fit()
-        _print_summary(summary)
+        trainer = Trainer(rec, resume, resume=True, progress=progress)
+        err.print(f"resuming {resume} at epoch {trainer.epoch}, step {trainer.step}", highlight=False)
+        _print_summary(_announce(trainer).fit())
         return
     if recipe is None:
         raise RelaxError("give a recipe, e.g. 'relax train recipes/nbody_relaxed.yaml' (see 'relax recipes'), or "
@@ -123,8 +124,18 @@ def train(
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     err.print(f"run directory: {run_dir}", highlight=False)
-    summary = Trainer(rec, run_dir, progress=progress).fit()
-    _print_summary(summary)
+    _print_summary(_announce(Trainer(rec, run_dir, progress=progress)).fit())
+
+
+def _announce(trainer: Any) -> Any:
+    """Say on stderr how the model was relaxed (and why hooks were used, when they were)."""
+    r = trainer.relaxed
+    if r is None:
+        err.print("standard training (relax.enabled is false)", highlight=False)
+    else:
+        reason = f"; {r.fallback_reason}" if r.mode == "hooks" and r.fallback_reason else ""
+        err.print(f"relaxed {len(r.sites)} sites, graph pass: {r.mode}{reason}", highlight=False)
+    return trainer
 
 
 def _print_summary(s: dict) -> None:

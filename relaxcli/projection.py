@@ -111,7 +111,8 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
         args, kw = symmetry_args(recipe, example_inputs(recipe, samples))
         report = verify_equivariant(model, args, tolerance=tol, ntrials=trials, **kw)
     meta = {"format": PROJECTED, "model_component": recipe.model.target, "model_kwargs": recipe.model.kwargs,
-            "recipe": recipe.to_dict(), "source_checkpoint": str(ckpt.path), "step": ckpt.json("step"),
+            "recipe": recipe.to_dict(), "source_checkpoint": str(ckpt.path),
+            "state_dict_keys": list(model.state_dict()), "step": ckpt.json("step"),
             "versions": versions(),
             "equivariance": None if report is None else {"relative": report.relative, "absolute": report.absolute,
                                                          "tolerance": tol, "cases": report.cases}}

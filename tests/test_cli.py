@@ -1,0 +1,210 @@
+"""End-to-end: the real `relax` process on tiny recipes (train -> project -> inspect, errors, kill -9 and resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import e3nn.util.test
+import safetensors.torch
+import torch
+import yaml
+
+from relaxcli.checkpoint import load_checkpoint
+from relaxcli.data import NBodyData
+from relaxcli.models import SEGNN
+
+RELAX = [sys.executable, "-m", "relaxcli"]
+MODEL = {"_component_": "relaxcli.models.SEGNN", "hidden_irreps": "4x0e+4x1o", "num_layers": 1}
+
+
+def tiny_recipe(tmp: Path, name: str = "tiny", epochs: int = 4, train: int = 40, **relax: object) -> Path:
+    recipe = {
+        "name": name,
+        "seed": 3,
+        "model": MODEL,
+        "data": {"_component_": "relaxcli.data.NBodyData", "train": train, "val": 20, "test": 20, "seed": 1},
+        "optimizer": {"_component_": "torch.optim.Adam", "lr": 3e-3},
+        "trainer": {"epochs": epochs, "batch_size": 10, "log_every": 2, "device": "cpu"},
+        "symmetry": {"inputs": ["cartesian_points", "1x1o", None], "output": "cartesian_points"},
+        "relax": {"theta": {"schedule": "constant"}, "branch": {"init_std": 0.01}, **relax},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RELAX_CACHE": str(cwd / "cache")}
+    proc = subprocess.run([*RELAX, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"relax {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_train_project_inspect(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    run("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    run_dir = tmp_path / "run"
+    for f in ("recipe.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "plots/loss.png", "plots/theta.png",
+              "plots/lie.png", "checkpoints/best.safetensors", "checkpoints/last.safetensors"):
+        assert (run_dir / f).is_file(), f
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test_projected"] < 0.27  # better than predicting no motion
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 4 and all(r["val_relaxed"] is not None for r in evals)
+    assert min(r["val_projected"] for r in evals) == summary["val_projected"]  # best chosen on projected val
+
+    # the relaxed checkpoint (constant θ = 1) is clearly not equivariant; its projection is
+    last = run_dir / "checkpoints" / "last.safetensors"
+    report = json.loads(run("inspect", last, "--json", cwd=tmp_path).stdout)
+    assert report["kind"] == "relaxed" and len(report["sites"]) == 7
+    assert report["equivariance"]["relaxed"]["relative"] > 1e-3
+    assert report["equivariance"]["projected"]["relative"] < 1e-6
+    assert run("inspect", last, "--tolerance", "1e-6", cwd=tmp_path, check=False).returncode == 3
+
+    proc = run("project", last, "-o", "projected.safetensors", cwd=tmp_path)
+    assert "projected model is equivariant" in proc.stdout
+    state = safetensors.torch.load_file(tmp_path / "projected.safetensors")
+    model = SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1)
+    assert sorted(state) == sorted(model.state_dict())  # exactly the user's keys (safetensors sorts them)
+    meta = load_checkpoint(tmp_path / "projected.safetensors").metadata
+    assert json.loads(meta["state_dict_keys"]) == list(model.state_dict())  # and the order is recorded
+    model.load_state_dict(state, strict=True)
+    ckpt = load_checkpoint(last)
+    assert all(torch.equal(state[k], v) for k, v in ckpt.model_state().items())
+    (pos, vel, q), _ = next(iter(torch.utils.data.DataLoader(
+        NBodyData(40, 20, 20, seed=1, cache_dir=str(tmp_path / "cache")).val, batch_size=8)))
+    e3nn.util.test.assert_equivariant(model, args_in=[pos, vel, q], irreps_in=["cartesian_points", "1x1o", None],
+                                      irreps_out=["cartesian_points"])
+    proc = run("inspect", "projected.safetensors", "--tolerance", "1e-6", "--json", cwd=tmp_path)
+    assert json.loads(proc.stdout)["equivariance"]["projected"]["relative"] < 1e-6
+
+    # nothing the user had is overwritten
+    again = run("project", last, "-o", "projected.safetensors", cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    taken = run("train", recipe, "--run-dir", "run", cwd=tmp_path, check=False)
+    assert taken.returncode == 1 and "not empty" in taken.stderr and "--overwrite" in taken.stderr
+
+
+def test_project_refuses_a_model_that_fails_the_check(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    run("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    # declare the velocities as pseudovectors: the (correct) model then fails the parity check
+    bad = tiny_recipe(tmp_path, name="bad", epochs=1)
+    ckpt = tmp_path / "run" / "checkpoints" / "best.safetensors"
+    data = load_checkpoint(ckpt)
+    recipe_meta = json.loads(data.metadata["recipe"])
+    recipe_meta["symmetry"]["inputs"][1] = "1x1e"
+    tensors = dict(data.tensors)
+    safetensors.torch.save_file(tensors, str(tmp_path / "wrong.safetensors"),
+                                metadata={**data.metadata, "recipe": json.dumps(recipe_meta)})
+    proc = run("project", "wrong.safetensors", "-o", "out.safetensors", cwd=tmp_path, check=False)
+    assert proc.returncode == 3
+    assert "not equivariant" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+    assert bad.exists()
+
+
+def test_bad_recipe_lists_every_problem(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    text = recipe.read_text().replace("epochs: 4", "epochs: four").replace("schedule: constant", "shedule: constant")
+    text = text.replace("torch.optim.Adam", "torch.optim.Adamm")
+    recipe.write_text(text)
+    proc = run("train", recipe, "relax.regularizer.weight=-1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    for expected in ("trainer.epochs: expected an integer", "relax.theta.shedule: unknown key; did you mean "
+                     "'schedule'?", "cannot import torch.optim.Adamm", "relax.regularizer.weight"):
+        assert expected in proc.stderr, (expected, proc.stderr)
+    assert "has 4 problems" in proc.stderr
+    debug = run("train", recipe, "--debug", cwd=tmp_path, check=False)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_clear_errors_for_missing_and_corrupted_inputs(tmp_path: Path) -> None:
+    proc = run("train", "nope.yaml", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "nope.yaml: file not found" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    for command in ("project", "inspect"):
+        proc = run(command, "broken.safetensors", cwd=tmp_path, check=False)
+        assert proc.returncode == 1 and "not a readable safetensors checkpoint" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    proc = run("inspect", "missing.safetensors", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    recipe = tiny_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("relaxcli.models.SEGNN", "relaxcli.models.SEGNNN"))
+    proc = run("train", recipe, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "cannot import relaxcli.models.SEGNNN" in proc.stderr
+    assert "did you mean 'SEGNN'" in proc.stderr
+
+
+def test_print_config_and_dry_run(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    printed = yaml.safe_load(run("train", recipe, "trainer.epochs=9", "--print-config", cwd=tmp_path).stdout)
+    assert printed["trainer"]["epochs"] == 9 and printed["relax"]["regularizer"]["weight"] == 0.01
+    proc = run("train", recipe, "--dry-run", cwd=tmp_path)
+    assert "one training step ok" in proc.stdout and "graph pass: fx" in proc.stdout
+    assert "layers.0.message1.tp" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_recipes_command(tmp_path: Path) -> None:
+    listing = run("recipes", cwd=tmp_path).stdout
+    assert "nbody_relaxed" in listing and "nbody_standard" in listing
+    run("recipes", "nbody_relaxed", cwd=tmp_path)
+    assert (tmp_path / "nbody_relaxed.yaml").is_file()
+    again = run("recipes", "nbody_relaxed", cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, epochs=14, train=60)
+    run("train", recipe, "--run-dir", "straight", cwd=tmp_path)
+
+    env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([*RELAX, "train", str(recipe), "--run-dir", "killed"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            try:
+                if int(load_checkpoint(last).metadata["epoch"]) >= 3:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    run("train", "--resume", "killed", cwd=tmp_path)
+
+    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    b = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    for key in ("val_projected", "test_projected", "test_relaxed", "best_epoch", "steps"):
+        assert a[key] == b[key], key
+    wa = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors").tensors
+    wb = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.safetensors").tensors
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    lines = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
+    assert strip(lines("straight")) == strip(lines("killed"))
+
+
+def test_standard_twin_trains_the_plain_model(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, epochs=2, enabled=False)
+    run("train", recipe, "--run-dir", "std", cwd=tmp_path)
+    summary = json.loads((tmp_path / "std" / "summary.json").read_text())
+    assert summary["relaxed"] is False and summary["test_relaxed"] is None
+    ckpt = load_checkpoint(tmp_path / "std" / "checkpoints" / "best.safetensors")
+    assert ckpt.branch_state() == {} and sorted(ckpt.model_state()) == sorted(
+        SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1).state_dict())
+    assert not (tmp_path / "std" / "plots" / "theta.png").exists()
