@@ -9,8 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,24 +22,14 @@ from .errors import RecipeError, RelaxError
 from .graph import RelaxedModel, relax
 from .recipe import Recipe, instantiate
 from .regularizers import Regularizer
+from .reps import default_dtype
 from .schedules import Schedule, make_schedule
 
 __all__ = ["DTYPES", "default_dtype", "build_model", "Splits", "build_data", "build_relaxed", "build_regularizer",
-           "build_schedule", "split_batch", "call_model", "to_device", "example_batch", "resolve_device",
+           "build_schedule", "split_batch", "call_args", "call_model", "to_device", "example_batch", "resolve_device",
            "restore"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Build under ``dtype``: e3nn bakes its constants in the default dtype at construction."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,12 +123,18 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     return batch[0], batch[1]
 
 
-def call_model(model: nn.Module, inputs: Any) -> Any:
+def call_args(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Positional and keyword arguments from a batch's inputs (a tensor, a tuple of tensors, or a dict)."""
     if isinstance(inputs, dict):
-        return model(**inputs)
+        return (), inputs
     if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    args, kwargs = call_args(inputs)
+    return model(*args, **kwargs)
 
 
 def to_device(x: Any, device: torch.device, dtype: torch.dtype) -> Any:

@@ -133,8 +133,20 @@ def _announce(trainer: Any) -> Any:
     if r is None:
         err.print("standard training (relax.enabled is false)", highlight=False)
     else:
+        from .build import call_args, example_batch, to_device
+
         reason = f"; {r.fallback_reason}" if r.mode == "hooks" and r.fallback_reason else ""
         err.print(f"relaxed {len(r.sites)} sites, graph pass: {r.mode}{reason}", highlight=False)
+        inputs, _ = example_batch(trainer.splits.val, 2)
+        r.eval()
+        args, kwargs = call_args(to_device(inputs, trainer.device, trainer.dtype))
+        counts = r.dry_run(*args, **kwargs)
+        r.train()
+        for path, n in counts.items():
+            if n != 1:
+                err.print(f"warning: site {path} fired {n} times in one forward pass"
+                          + (" (bypassed: its branch is never used)" if n == 0 else " (a shared module)"),
+                          highlight=False)
     return trainer
 
 

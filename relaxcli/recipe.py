@@ -155,6 +155,7 @@ class TrainerConfig:
     checkpoint_every: Annotated[int, Range(ge=1)] = 1  # epochs
     log_every: Annotated[int, Range(ge=1)] = 10  # steps
     num_workers: Annotated[int, Range(ge=0)] = 0
+    threads: Annotated[Optional[int], Range(ge=1)] = None  # torch CPU threads; None: torch's default
     max_steps: Annotated[Optional[int], Range(ge=1)] = None
 
 

@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 import torch
 from e3nn import o3
 
-__all__ = ["Rep", "so3_generators_xyz", "float64_default"]
+__all__ = ["Rep", "so3_generators_xyz", "default_dtype"]
 
 
 @contextlib.contextmanager
-def float64_default() -> Iterator[None]:
-    """e3nn computes Wigner matrices and generators in the default dtype: use float64 within the block."""
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Within the block the default dtype is ``dtype``. e3nn computes Wigner matrices and generators, and bakes its
+    constants at construction, in the default dtype: build and transform under float64 where precision matters."""
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(dtype)
     try:
         yield
     finally:
@@ -35,7 +36,7 @@ def float64_default() -> Iterator[None]:
 
 def so3_generators_xyz() -> torch.Tensor:
     """The generators ``L_x, L_y, L_z`` of rotations of Cartesian xyz vectors, shape ``[3, 3, 3]`` (float64)."""
-    with float64_default():
+    with default_dtype(torch.float64):
         return o3.so3_generators(1)
 
 
@@ -71,7 +72,7 @@ class Rep:
         """
         irreps = o3.Irreps(irreps)
         blocks: list[torch.Tensor] = []
-        with float64_default():
+        with default_dtype(torch.float64):
             for mul, ir in irreps:
                 blocks += [o3.so3_generators(ir.l)] * mul
         dim = irreps.dim
@@ -84,7 +85,7 @@ class Rep:
         has_odd = any(ir.p == -1 for _, ir in irreps)
         with_parity = has_odd if parity is None else parity
         if with_parity:
-            with float64_default():
+            with default_dtype(torch.float64):
                 elements = irreps.D_from_matrix(-torch.eye(3))[None]
         else:
             elements = torch.zeros(0, dim, dim, dtype=torch.float64)

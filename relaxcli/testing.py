@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from e3nn import o3
 
-from .reps import Rep, float64_default
+from .reps import Rep, default_dtype
 
 __all__ = ["EquivarianceReport", "transform", "equivariance_error", "assert_equivariant",
            "intertwiner_dim", "intertwiner_residual"]
@@ -37,7 +37,7 @@ def transform(x: torch.Tensor, spec: Any, rotation: torch.Tensor, translation: t
     irreps = o3.Irreps(spec)
     if x.shape[-1] != irreps.dim:
         raise ValueError(f"feature has last dimension {x.shape[-1]} but irreps {irreps} have dimension {irreps.dim}")
-    with float64_default():
+    with default_dtype(torch.float64):
         d = irreps.D_from_matrix(rotation)
     return x64 @ d.T
 

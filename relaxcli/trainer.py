@@ -62,6 +62,8 @@ class Trainer:
         self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         cfg = recipe.trainer
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.dtype = DTYPES[cfg.dtype]
 
@@ -86,6 +88,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.best_val = math.inf
         self.best_epoch = -1
+        self.last_eval: tuple[float, float | None] | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ckpt_dir = self.run_dir / "checkpoints"
         if resume:
@@ -328,7 +331,7 @@ class _Progress:
         if self.bar is None:
             return
         theta = f" θ {trainer._theta():.3f}" if trainer.relaxed is not None else ""
-        val = getattr(trainer, "last_eval", None)
+        val = trainer.last_eval
         val_text = f" val(θ=0) {val[0]:.4g}" if val else ""
         self.bar.update(self.task, completed=trainer.step,
                         info=f"epoch {trainer.epoch + 1} loss {loss:.4g}{theta}{val_text}")

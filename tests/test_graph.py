@@ -10,6 +10,7 @@ from e3nn import o3
 import relaxcli
 from relaxcli import RelaxError, VNLinear
 from relaxcli.models import SEGNN
+from relaxcli.reps import default_dtype
 from relaxcli.testing import assert_equivariant, equivariance_error
 
 SPEC_IN = ["cartesian_points", "1o", None]
@@ -173,12 +174,8 @@ def test_include_exclude_globs(segnn: SEGNN) -> None:
 
 def test_float64_model_is_exact_and_dtype_moves_keep_sharing() -> None:
     # e3nn bakes its constants in the default dtype at construction: build float64 models under float64.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         model = SEGNN("8x0e+8x1o", num_layers=2)
-    finally:
-        torch.set_default_dtype(previous)
     relaxed = relaxcli.relax(model, init_std=0.1)
     assert relaxed.branches["embed"].weight.dtype == torch.float64
     inputs = tuple(t.double() for t in nbody_inputs())
