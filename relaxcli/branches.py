@@ -123,6 +123,11 @@ class VectorBranch(Branch):
         return eq
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:  # noqa: A003
+        if self._axes(x.dim()) == (1, 2) and x.is_contiguous():
+            # [B, C, 3, ...] flattens to [B, 3C, points] with index c*3+i: one batched matmul, contiguous output
+            b = x.shape[0]
+            y = torch.bmm(self.weight.expand(b, -1, -1), x.reshape(b, self.dim_in, -1))
+            return y.view(b, self.channels_out, 3, *x.shape[3:])
         w = self.weight.view(self.channels_out, 3, self.channels_in, 3)
         return torch.einsum(self._equation(x.dim()), w, x)
 

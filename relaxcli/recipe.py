@@ -171,7 +171,7 @@ class RegularizerConfig:
     lie: bool = True
     discrete: bool = True
     source: Literal["data", "weight"] = "data"
-    rows: Annotated[Optional[int], Range(ge=1)] = 1024  # max rows per site for data regularisers
+    rows: Annotated[Optional[int], Range(ge=1)] = 256  # max rows per site for data regularisers
 
 
 @dataclass

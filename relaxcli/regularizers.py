@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -30,10 +30,33 @@ __all__ = ["constraint_matrices", "site_terms", "SiteTerms", "Regularization", "
 
 def constraint_matrices(weight: torch.Tensor, generators_in: torch.Tensor, generators_out: torch.Tensor,
                         elements_in: torch.Tensor, elements_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``W G_in − G_out W`` per generator and ``W E_in − E_out W`` per element: ``[K, o, i]`` and ``[G, o, i]``."""
-    lie = weight @ generators_in - generators_out @ weight
-    disc = weight @ elements_in - elements_out @ weight
+    """``W G_in − G_out W`` per generator and ``W E_in − E_out W`` per element, for weights ``[..., o, i]``:
+    ``[..., K, o, i]`` and ``[..., G, o, i]``."""
+    w = weight.unsqueeze(-3)
+    lie = w @ generators_in - generators_out @ w
+    disc = w @ elements_in - elements_out @ w
     return lie, disc
+
+
+def _norms(branches: list[Branch], rows: list[torch.Tensor] | None, source: str) -> torch.Tensor:
+    """``[g, 1 + K + G]`` norms (projection, each generator, each element) for branches that share shape and
+    representations, computed batched over the group: one stacked matrix product instead of one per site."""
+    b0 = branches[0]
+    w = torch.stack([b.weight for b in branches])  # [g, o, i]
+    lie, disc = constraint_matrices(w, b0.generators_in, b0.generators_out, b0.elements_in, b0.elements_out)
+    stacked = torch.cat([w.unsqueeze(1), lie, disc], dim=1)  # [g, n, o, i]
+    g, n, o, i = stacked.shape
+    if source == "weight":
+        return stacked.flatten(2).norm(dim=2)
+    if source != "data":
+        raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
+    assert rows is not None
+    if len({r.shape[0] for r in rows}) == 1:  # the common case: one batched product for the group
+        x = torch.stack(rows)  # [g, R, i]
+        y = x @ stacked.view(g, n * o, i).transpose(1, 2)  # [g, R, n * o]
+        return y.view(g, x.shape[1], n, o).norm(dim=-1).mean(dim=1)
+    return torch.stack([(r @ m.view(n * o, i).T).view(r.shape[0], n, o).norm(dim=-1).mean(dim=0)
+                        for r, m in zip(rows, stacked)])
 
 
 @dataclass
@@ -51,38 +74,45 @@ class SiteTerms:
 
 def site_terms(branch: Branch, rows: torch.Tensor | None, source: Literal["data", "weight"] = "data") -> SiteTerms:
     """The three terms for one branch, from input ``rows`` ``[R, dim_in]`` (``source="data"``) or the weight alone."""
-    w = branch.weight
-    lie, disc = constraint_matrices(w, branch.generators_in, branch.generators_out,
-                                    branch.elements_in, branch.elements_out)
-    k = lie.shape[0]
-    stacked = torch.cat([w[None], lie, disc])  # [1 + K + G, o, i]
-    if source == "data":
-        if rows is None or rows.shape[0] == 0:
-            zero = w.sum() * 0
-            return SiteTerms(zero, zero, zero)
-        y = rows @ stacked.reshape(-1, w.shape[1]).T  # [R, (1 + K + G) * o]
-        norms = y.view(rows.shape[0], -1, w.shape[0]).norm(dim=-1).mean(0)  # [1 + K + G]
-    elif source == "weight":
-        norms = stacked.flatten(1).norm(dim=1)
-    else:
-        raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
+    if source == "data" and (rows is None or rows.shape[0] == 0):
+        zero = branch.weight.sum() * 0
+        return SiteTerms(zero, zero, zero)
+    return _terms(_norms([branch], None if rows is None else [rows], source)[0], branch)
+
+
+def _terms(norms: torch.Tensor, branch: Branch) -> SiteTerms:
+    k = branch.generators_in.shape[0]
     return SiteTerms(norms[0], norms[1 : 1 + k].sum(), norms[1 + k :].sum())
+
+
+def _same_group(a: Branch, b: Branch) -> bool:
+    return (type(a) is type(b) and a.weight.shape == b.weight.shape and a.rep_names == b.rep_names
+            and all(torch.equal(getattr(a, n), getattr(b, n))
+                    for n in ("generators_in", "generators_out", "elements_in", "elements_out")))
 
 
 @dataclass
 class Regularization:
-    """The result of one regulariser evaluation: the weighted total and the unweighted terms per site."""
+    """The result of one regulariser evaluation: the weighted ``total`` and, per group of sites, the norms
+    ``[g, 1 + K + G]`` (projection, each Lie generator, each discrete element) they came from."""
 
     total: torch.Tensor
-    sites: dict[str, SiteTerms] = field(default_factory=dict)
+    groups: list[tuple[list[Any], torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def sites(self) -> dict[str, SiteTerms]:
+        """The unweighted terms per site path."""
+        return {s.path: _terms(row, s.branch) for sites, norms in self.groups for s, row in zip(sites, norms)}
 
     def summary(self) -> dict[str, float]:
         """Sum of each term over the sites, as floats (for logging)."""
         out = {"projection": 0.0, "lie": 0.0, "discrete": 0.0}
-        for t in self.sites.values():
-            out["projection"] += float(t.projection.detach())
-            out["lie"] += float(t.lie.detach())
-            out["discrete"] += float(t.discrete.detach())
+        for sites, norms in self.groups:
+            k = sites[0].branch.generators_in.shape[0]
+            n = norms.detach()
+            out["projection"] += float(n[:, 0].sum())
+            out["lie"] += float(n[:, 1 : 1 + k].sum())
+            out["discrete"] += float(n[:, 1 + k :].sum())
         return out
 
 
@@ -97,27 +127,46 @@ class Regularizer:
     """
 
     def __init__(self, weight: float = 0.01, projection: bool = True, lie: bool = True, discrete: bool = True,
-                 source: Literal["data", "weight"] = "data", rows: int | None = 1024) -> None:
+                 source: Literal["data", "weight"] = "data", rows: int | None = 256) -> None:
         if source not in ("data", "weight"):
             raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
         self.weight, self.source, self.rows = weight, source, rows
         self.use = {"projection": projection, "lie": lie, "discrete": discrete}
+        self._cache_key: int | None = None
+        self._cache: list[list[Any]] = []
 
     def __call__(self, relaxed: torch.nn.Module) -> Regularization:
         """Evaluate on ``relaxed`` (a :class:`relaxcli.RelaxedModel`) and release the captured inputs."""
-        per_site: dict[str, SiteTerms] = {}
-        total: torch.Tensor | None = None
-        for site in relaxed.sites:
-            b = site.branch
+        results: list[tuple[list[Any], torch.Tensor]] = []
+        parts: list[torch.Tensor] = []
+        for group in self._groups(relaxed):
             rows = None
-            if self.source == "data" and b.captured:
-                rows = torch.cat([b.rows(x, self.rows) for x in b.captured])
-            terms = site_terms(b, rows, self.source)
-            b.captured.clear()
-            per_site[site.path] = terms
-            for name, on in self.use.items():
-                if on:
-                    total = getattr(terms, name) if total is None else total + getattr(terms, name)
-        if total is None:
-            total = torch.zeros(())
-        return Regularization(self.weight * total, per_site)
+            if self.source == "data":
+                group = [s for s in group if s.branch.captured]  # a site that did not fire has no data term
+                rows = [torch.cat([s.branch.rows(x, self.rows) for x in s.branch.captured]) for s in group]
+                for s in group:
+                    s.branch.captured.clear()
+            if not group:
+                continue
+            norms = _norms([s.branch for s in group], rows, self.source)
+            results.append((group, norms))
+            k = group[0].branch.generators_in.shape[0]
+            columns = [(0, 1, "projection"), (1, 1 + k, "lie"), (1 + k, norms.shape[1], "discrete")]
+            parts += [norms[:, a:b].sum() for a, b, name in columns if self.use[name] and b > a]
+        total = torch.stack(parts).sum() if parts else torch.zeros(())
+        return Regularization(self.weight * total, results)
+
+    def _groups(self, relaxed: torch.nn.Module) -> list[list[Any]]:
+        """Sites whose branches share shape and representations (cached per relaxed model)."""
+        key = id(relaxed)
+        if self._cache_key != key:
+            groups: list[list[Any]] = []
+            for site in relaxed.sites:
+                for group in groups:
+                    if _same_group(group[0].branch, site.branch):
+                        group.append(site)
+                        break
+                else:
+                    groups.append([site])
+            self._cache_key, self._cache = key, groups
+        return self._cache

@@ -131,3 +131,27 @@ def test_regulariser_is_per_row_mean_and_subsamples() -> None:
     assert abs(float(sub.total.detach()) / float(full.total.detach()) - 1) < 0.15
     # captured inputs are released after use
     assert all(not b.captured for b in relaxed.branches.values())
+
+
+def test_grouped_regulariser_equals_the_sum_of_per_site_terms() -> None:
+    from relaxcli.models import SEGNN
+
+    torch.manual_seed(0)
+    relaxed = relaxcli.relax(SEGNN("4x0e+4x1o", num_layers=2), init_std=0.1)
+    relaxed.set_theta(1.0)
+    relaxed.train()
+    inputs = (torch.randn(3, 5, 3), torch.randn(3, 5, 3), torch.ones(3, 5, 1))
+    for source in ("data", "weight"):
+        relaxed(*inputs)
+        captured = {s.path: list(s.branch.captured) for s in relaxed.sites}
+        reg = Regularizer(weight=0.5, rows=None, source=source)(relaxed)
+        expected = 0.0
+        for s in relaxed.sites:
+            rows = torch.cat([s.branch.rows(x) for x in captured[s.path]])
+            terms = site_terms(s.branch, rows, source)
+            assert torch.allclose(reg.sites[s.path].lie, terms.lie, rtol=1e-5)
+            expected += float(terms.total.detach())
+        assert float(reg.total.detach()) == pytest.approx(0.5 * expected, rel=1e-5)
+        assert sum(reg.summary().values()) == pytest.approx(expected, rel=1e-5)
+    # message1 of both layers (and the other repeated layers) share one batched group
+    assert len(Regularizer()._groups(relaxed)) < len(relaxed.sites)
