@@ -59,7 +59,7 @@ def test_valid_recipe_loads_with_defaults(tmp_path: Path) -> None:
     assert r.relax.include == ["*"] and r.relax.exclude == []
     assert r.relax.branch.init_std == 1e-4
     reg, theta = r.relax.regularizer, r.relax.theta
-    assert (reg.weight, reg.source, reg.rows) == (0.01, "data", 1024)
+    assert (reg.weight, reg.source, reg.rows) == (0.01, "data", 256)
     assert reg.projection is True and reg.lie is True and reg.discrete is True
     assert (theta.schedule, theta.max, theta.granularity, theta.end) == ("triangle", 1.0, "step", 1.0)
 
