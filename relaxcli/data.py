@@ -316,7 +316,7 @@ class NBodyData:
         path = self._cache_path(split, params)
         self.cache_paths[split] = path
         if path is not None and path.is_file():
-            arrays = _read_cache(path, meta)
+            arrays = _read_npz(path, meta, ARRAY_KEYS)
             if arrays is not None:
                 self.sources[split] = "cache"
                 return NBodySplit(arrays, split)
@@ -330,7 +330,7 @@ class NBodyData:
         )
         self.sources[split] = "simulated"
         if path is not None:
-            _write_cache(path, arrays, meta)
+            _write_npz(path, arrays, meta, ARRAY_KEYS)
         return NBodySplit(arrays, split)
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -344,24 +344,24 @@ class NBodyData:
         return f"NBodyData({sizes}, seed={self.seed}, field={self.field}, frames={self.frames})"
 
 
-def _read_cache(path: Path, meta: str) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or ``None`` if the file is unreadable, incomplete or for other parameters."""
+def _read_npz(path: Path, meta: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The cached arrays ``keys``, or ``None`` if the file is unreadable, incomplete or for other parameters."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             if str(npz["meta"]) != meta:
                 return None
-            return {key: npz[key] for key in ARRAY_KEYS}
+            return {key: npz[key] for key in keys}
     except (OSError, KeyError, ValueError):
         return None
 
 
-def _write_cache(path: Path, arrays: dict[str, np.ndarray], meta: str) -> None:
-    """Write ``arrays`` (plus the parameters as ``meta``) atomically: a temp file, then ``os.replace``."""
+def _write_npz(path: Path, arrays: dict[str, np.ndarray], meta: str, keys: tuple[str, ...]) -> None:
+    """Write ``arrays[keys]`` (plus ``meta``) atomically: a temp file, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, meta=np.array(meta), **{key: arrays[key] for key in ARRAY_KEYS})
+            np.savez(fh, meta=np.array(meta), **{key: arrays[key] for key in keys})
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -809,33 +809,6 @@ class PointCloudData:
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
         return (f"PointCloudData({sizes}, num_points={self.num_points}, seed={self.seed}, noise={self.noise}, "
                 f"classes={len(self.classes)})")
-
-
-def _read_npz(path: Path, meta: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-    """The cached arrays ``keys``, or ``None`` if the file is unreadable, incomplete or for other parameters."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if str(npz["meta"]) != meta:
-                return None
-            return {key: npz[key] for key in keys}
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray], meta: str, keys: tuple[str, ...]) -> None:
-    """Write ``arrays[keys]`` (plus ``meta``) atomically: a temp file, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, meta=np.array(meta), **{key: arrays[key] for key in keys})
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 __all__ += [
