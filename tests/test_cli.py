@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import e3nn.util.test
+import pytest
 import safetensors.torch
 import torch
 import yaml
@@ -201,10 +202,37 @@ def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path) -> Non
 
 def test_standard_twin_trains_the_plain_model(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path, epochs=2, enabled=False)
+    data = yaml.safe_load(recipe.read_text())
+    data["seed"] = None  # drawn and recorded
+    data["scheduler"] = {"_component_": "torch.optim.lr_scheduler.StepLR", "step_size": 1, "gamma": 0.5}
+    data["trainer"]["grad_clip"] = 0.5
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     run("train", recipe, "--run-dir", "std", cwd=tmp_path)
     summary = json.loads((tmp_path / "std" / "summary.json").read_text())
     assert summary["relaxed"] is False and summary["test_relaxed"] is None
+    recorded = yaml.safe_load((tmp_path / "std" / "recipe.yaml").read_text())
+    assert isinstance(recorded["seed"], int) and recorded["seed"] == summary["seed"]
+    lrs = {r["epoch"]: r["lr"] for r in map(json.loads, (tmp_path / "std" / "metrics.jsonl").read_text().splitlines())
+           if r["kind"] == "train"}
+    assert lrs == {1: pytest.approx(3e-3), 2: pytest.approx(1.5e-3)}  # the lr scheduler steps once per epoch
     ckpt = load_checkpoint(tmp_path / "std" / "checkpoints" / "best.safetensors")
     assert ckpt.branch_state() == {} and sorted(ckpt.model_state()) == sorted(
         SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1).state_dict())
     assert not (tmp_path / "std" / "plots" / "theta.png").exists()
+
+
+def test_initial_weights_from_the_recipe(tmp_path: Path) -> None:
+    from relaxcli.build import build_model
+    from relaxcli.recipe import load_recipe
+
+    torch.manual_seed(5)
+    source = SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1)
+    safetensors.torch.save_file(source.state_dict(), str(tmp_path / "init.safetensors"))
+    recipe = tiny_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("  _component_: relaxcli.models.SEGNN",
+                                                 "  _component_: relaxcli.models.SEGNN\n  _weights_: init.safetensors"))
+    model = build_model(load_recipe(recipe))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+    safetensors.torch.save_file({"embed.weight": torch.zeros(3)}, str(tmp_path / "init.safetensors"))
+    proc = run("train", recipe, "--dry-run", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "does not match SEGNN: missing keys" in proc.stderr
