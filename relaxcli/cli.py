@@ -117,10 +117,15 @@ def train(
         return
     if run_dir is None:
         run_dir = _new_run_dir(runs_root, rec.name)
+    elif run_dir.is_file():
+        raise RelaxError(f"--run-dir {run_dir} is a file; give a directory")
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RelaxError(f"run directory {run_dir} exists and is not empty; choose another --run-dir, or pass "
                              "--overwrite to replace it")
+        if not (run_dir / "recipe.yaml").is_file():
+            raise RelaxError(f"refusing to delete {run_dir} for --overwrite: it is not a relax run directory (it has "
+                             "no recipe.yaml); choose another --run-dir")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     err.print(f"run directory: {run_dir}", highlight=False)

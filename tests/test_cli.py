@@ -92,6 +92,11 @@ def test_train_project_inspect(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
     taken = run("train", recipe, "--run-dir", "run", cwd=tmp_path, check=False)
     assert taken.returncode == 1 and "not empty" in taken.stderr and "--overwrite" in taken.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    refused = run("train", recipe, "--run-dir", "mine", "--overwrite", cwd=tmp_path, check=False)
+    assert refused.returncode == 1 and "not a relax run directory" in refused.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_project_refuses_a_model_that_fails_the_check(tmp_path: Path) -> None:
