@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -132,8 +133,7 @@ class Regularizer:
             raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
         self.weight, self.source, self.rows = weight, source, rows
         self.use = {"projection": projection, "lie": lie, "discrete": discrete}
-        self._cache_key: int | None = None
-        self._cache: list[list[Any]] = []
+        self._groups_of: weakref.WeakKeyDictionary[torch.nn.Module, list[list[Any]]] = weakref.WeakKeyDictionary()
 
     def __call__(self, relaxed: torch.nn.Module) -> Regularization:
         """Evaluate on ``relaxed`` (a :class:`relaxcli.RelaxedModel`) and release the captured inputs."""
@@ -157,10 +157,10 @@ class Regularizer:
         return Regularization(self.weight * total, results)
 
     def _groups(self, relaxed: torch.nn.Module) -> list[list[Any]]:
-        """Sites whose branches share shape and representations (cached per relaxed model)."""
-        key = id(relaxed)
-        if self._cache_key != key:
-            groups: list[list[Any]] = []
+        """Sites whose branches share shape and representations (computed once per relaxed model)."""
+        groups = self._groups_of.get(relaxed)
+        if groups is None:
+            groups = []
             for site in relaxed.sites:
                 for group in groups:
                     if _same_group(group[0].branch, site.branch):
@@ -168,5 +168,5 @@ class Regularizer:
                         break
                 else:
                     groups.append([site])
-            self._cache_key, self._cache = key, groups
-        return self._cache
+            self._groups_of[relaxed] = groups
+        return groups

@@ -145,17 +145,16 @@ class Trainer:
 
     def _train_step(self, batch: Any) -> dict[str, float]:
         inputs, target = to_device(split_batch(batch), self.device, self.dtype)
+        relaxed, schedule, regularizer = self.relaxed, self.schedule, self.regularizer
         record: dict[str, float] = {}
-        if self.relaxed is not None:
-            assert self.schedule is not None and self.regularizer is not None
-            self.schedule.before_step(self.relaxed, self.step)
+        if relaxed is not None:
+            schedule.before_step(relaxed, self.step)  # type: ignore[union-attr]
         task = self.loss_fn(call_model(self.net, inputs), target)
         loss = task
-        if self.relaxed is not None:
-            assert self.schedule is not None and self.regularizer is not None
-            reg = self.regularizer(self.relaxed)
+        if relaxed is not None:
+            reg = regularizer(relaxed)  # type: ignore[misc]
             loss = loss + reg.total
-            penalty = self.schedule.penalty(self.relaxed)
+            penalty = schedule.penalty(relaxed)  # type: ignore[union-attr]
             if penalty is not None:
                 loss = loss + penalty
             record.update(reg=float(reg.total.detach()), **reg.summary(), theta=self._theta())
@@ -164,9 +163,8 @@ class Trainer:
         if self.recipe.trainer.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.recipe.trainer.grad_clip)
         self.optimizer.step()
-        if self.relaxed is not None:
-            assert self.schedule is not None
-            self.schedule.after_step(self.relaxed, self.step)
+        if relaxed is not None:
+            schedule.after_step(relaxed, self.step)  # type: ignore[union-attr]
         loss_value, task_value = float(loss.detach()), float(task.detach())
         if not math.isfinite(loss_value):
             raise RelaxError(f"the loss became {loss_value} at step {self.step} (epoch {self.epoch + 1}); lower the "
