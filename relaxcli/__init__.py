@@ -25,22 +25,23 @@ from .adapters import (
     registered_ops,
 )
 from .branches import Branch, DenseBranch, VectorBranch
+from .build import load_model
 from .errors import EquivarianceError, RecipeError, RelaxError
 from .graph import RelaxedModel, Site, relax
 from .projection import project
 from .regularizers import Regularization, Regularizer, SiteTerms, site_terms
 from .reps import Rep
-from .schedules import SCHEDULES, Schedule, ThetaSchedule, make_schedule
+from .schedules import SCHEDULES, Ace, AceElastic, Schedule, ThetaSchedule, make_schedule
 from .vn import VNLinear
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "relax", "project", "RelaxedModel", "Site",
+    "relax", "project", "load_model", "RelaxedModel", "Site",
     "Rep", "Branch", "DenseBranch", "VectorBranch", "VNLinear",
     "OpAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter", "ExplicitAdapter",
     "register_op", "registered_ops", "find_adapter",
     "Regularizer", "Regularization", "SiteTerms", "site_terms",
-    "Schedule", "ThetaSchedule", "SCHEDULES", "make_schedule",
+    "Schedule", "ThetaSchedule", "Ace", "AceElastic", "SCHEDULES", "make_schedule",
     "RelaxError", "RecipeError", "EquivarianceError",
 ]

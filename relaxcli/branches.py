@@ -1,7 +1,7 @@
 """The unconstrained branch ``θ · W x`` that sits beside each relaxed equivariant op.
 
 A branch owns one dense matrix ``weight`` of shape ``[dim_out, dim_in]`` over the op's whole feature, and the scale
-``theta`` (a buffer, set by the schedule). It acts per row (node, point, pixel), so permutation and translation
+``theta`` (a buffer set by the schedule; a learnable parameter, ACE's γ, under the ACE schedules). It acts per row (node, point, pixel), so permutation and translation
 equivariance survive. Two layouts are built in:
 
 - :class:`DenseBranch` -- the feature is the last axis (e3nn ``Irreps`` features ``[..., dim]``).
@@ -60,6 +60,13 @@ class Branch(nn.Module):
         dtype = torch.get_default_dtype()
         self.register_buffer(f"generators_{side}", gens.to(dtype), persistent=False)
         self.register_buffer(f"elements_{side}", elems.to(dtype), persistent=False)
+
+    def learn_theta(self, value: float) -> nn.Parameter:
+        """Make θ a learnable parameter (ACE's γ) starting at ``value``; the state_dict key stays ``theta``."""
+        if not isinstance(self.theta, nn.Parameter):
+            theta = self._buffers.pop("theta")
+            self.theta = nn.Parameter(torch.full_like(theta, value))
+        return self.theta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.theta * self.apply(x)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from .schedules import Schedule, make_schedule
 
 __all__ = ["DTYPES", "default_dtype", "build_model", "Splits", "build_data", "build_relaxed", "build_regularizer",
            "build_schedule", "split_batch", "call_args", "call_model", "to_device", "example_batch", "resolve_device",
-           "restore"]
+           "restore", "load_model"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -111,6 +112,10 @@ def build_regularizer(recipe: Recipe) -> Regularizer:
 
 def build_schedule(recipe: Recipe, total_steps: int, steps_per_epoch: int) -> Schedule:
     t = recipe.relax.theta
+    if t.schedule == "ace":
+        return make_schedule("ace", total_steps, dual_lr=t.dual_lr, gamma_init=t.gamma_init)
+    if t.schedule == "ace_elastic":
+        return make_schedule("ace_elastic", total_steps, dual_lr=t.dual_lr, gamma_init=t.gamma_init, rho=t.rho)
     return make_schedule(t.schedule, total_steps, theta_max=t.max, granularity=t.granularity,
                          steps_per_epoch=steps_per_epoch, end=t.end)
 
@@ -173,3 +178,17 @@ def restore(ckpt: Checkpoint) -> tuple[Recipe, nn.Module, RelaxedModel | None]:
         if relaxed is not None:
             relaxed.branches.load_state_dict(ckpt.branch_state(), strict=True)
     return recipe, model, relaxed
+
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """A checkpoint as a live model, rebuilt from the recipe it stores: for a relaxed checkpoint the
+    :class:`~relaxcli.RelaxedModel` with its branches and θ (γ) as stored, for a projected one the user's module.
+
+    Example:
+        >>> kept = load_model("runs/field/checkpoints/best_relaxed.relaxed.safetensors")   # relax project --keep-gamma
+        >>> kept.eval(); y = kept(pos, vel, charge)
+    """
+    from .checkpoint import load_checkpoint
+
+    _, model, relaxed = restore(load_checkpoint(path))
+    return relaxed if relaxed is not None else model

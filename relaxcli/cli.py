@@ -161,9 +161,14 @@ def _print_summary(s: dict) -> None:
               f"val (projected) {_fmt(s['val_projected'])}, test (projected) {_fmt(s['test_projected'])}"
               + (f", test (relaxed) {_fmt(s['test_relaxed'])}" if s["test_relaxed"] is not None else ""),
               highlight=False)
+    if "best_relaxed_checkpoint" in s:
+        out.print(f"relaxed model with γ kept: best epoch {s['best_relaxed_epoch']}, val {_fmt(s['val_relaxed'])}, "
+                  f"test {_fmt(s['test_relaxed_kept'])}", highlight=False)
     out.print(f"run directory: {s['run_dir']}", highlight=False)
     if s["relaxed"]:
         out.print(f"next: relax project {s['best_checkpoint']}", highlight=False)
+    if "best_relaxed_checkpoint" in s:
+        out.print(f"  or: relax project --keep-gamma {s['best_relaxed_checkpoint']}", highlight=False)
 
 
 def _dry_run(rec) -> None:  # type: ignore[no-untyped-def]
@@ -192,12 +197,17 @@ def _dry_run(rec) -> None:  # type: ignore[no-untyped-def]
 
 
 def _site_table(rows: list) -> None:  # type: ignore[type-arg]
+    ace = any(r.dual is not None for r in rows)
+    slack = any(r.slack is not None for r in rows)
     table = Table(title="relaxed sites")
-    for col in ("site", "op", "in", "out", "θ", "‖B‖", "proj. norm", "Lie deriv.", "discrete", "calls"):
+    columns = ["site", "op", "in", "out", "γ" if ace else "θ", *(["λ"] if ace else []), *(["u"] if slack else []),
+               "‖B‖", "proj. norm", "Lie deriv.", "discrete", "calls"]
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("site", "op", "in", "out") else "left")
     for r in rows:
-        table.add_row(r.path, r.op.rsplit(".", 1)[-1], r.rep_in, r.rep_out, f"{r.theta:.3g}", f"{r.weight_norm:.3g}",
-                      f"{r.projection:.3g}", f"{r.lie:.3g}", f"{r.discrete:.3g}",
+        duals = ([f"{r.dual:.3g}"] if ace else []) + ([f"{r.slack:.3g}"] if slack else [])
+        table.add_row(r.path, r.op.rsplit(".", 1)[-1], r.rep_in, r.rep_out, f"{r.theta:.3g}", *duals,
+                      f"{r.weight_norm:.3g}", f"{r.projection:.3g}", f"{r.lie:.3g}", f"{r.discrete:.3g}",
                       str(r.calls) if r.calls == 1 else f"[bold red]{r.calls}[/]")
     out.print(table)
 
@@ -215,14 +225,21 @@ def project(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Write without checking equivariance.")]
     = False,
+    keep_gamma: Annotated[bool, typer.Option("--keep-gamma", help="Keep the branches with their learnt γ "
+                                             "(ace_elastic): write the approximately equivariant relaxed model, "
+                                             "which relaxcli.load_model rebuilds; its error is reported, not "
+                                             "enforced.")] = False,
 ) -> None:
     """Strip the branches, verify equivariance, write the user's state_dict (exactly its keys) as safetensors."""
     from .projection import project_checkpoint
 
     path, report = project_checkpoint(checkpoint, output, tolerance=tolerance, trials=trials, samples=samples,
-                                      verify=not skip_verify, overwrite=overwrite)
+                                      verify=not skip_verify, overwrite=overwrite, keep_gamma=keep_gamma)
     if report is None:
         err.print("warning: equivariance was not verified (--skip-verify)", highlight=False)
+    elif keep_gamma:
+        out.print(f"relaxed model kept (γ as learnt): relative equivariance error {report.relative:.2e} "
+                  f"(absolute {report.absolute:.2e})", highlight=False)
     else:
         out.print(f"projected model is equivariant: relative error {report.relative:.2e} "
                   f"(absolute {report.absolute:.2e})", highlight=False)

@@ -158,8 +158,9 @@ class RelaxedModel(nn.Module):
     # -- controls ------------------------------------------------------------------------------------------------
     def set_theta(self, theta: float) -> None:
         """Set θ of every branch."""
-        for b in self.branches.values():
-            b.theta.fill_(theta)
+        with torch.no_grad():
+            for b in self.branches.values():
+                b.theta.fill_(theta)
 
     @contextlib.contextmanager
     def projected(self) -> Iterator[RelaxedModel]:

@@ -41,6 +41,8 @@ class SiteRow:
     lie: float
     discrete: float
     calls: int
+    dual: float | None = None  # ACE: λ of the site
+    slack: float | None = None  # ace_elastic: u of the site
 
 
 @dataclass
@@ -80,10 +82,22 @@ def site_rows(relaxed: RelaxedModel, inputs: Any) -> list[SiteRow]:
     return rows
 
 
+def _ace_notes(rows: list[SiteRow], kept: float = 0.05) -> list[str]:
+    """Which layers an ACE run kept relaxed (|γ| above ``kept``), with the largest dual variables first."""
+    if not any(r.dual is not None for r in rows):
+        return []
+    relaxed = sorted((r for r in rows if abs(r.theta) > kept), key=lambda r: -(r.dual or 0.0))
+    if not relaxed:
+        return [f"ACE: every |γ| <= {kept}: no layer kept a large relaxation"]
+    listing = ", ".join(f"{r.path} (γ {r.theta:.3g}, λ {r.dual:.3g})" for r in relaxed)
+    return [f"ACE: {len(relaxed)} of {len(rows)} sites kept |γ| > {kept}, by λ: {listing}"]
+
+
 def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> InspectReport:
     """Inspect a recipe (``.yaml``/``.yml``) or a checkpoint (``.safetensors``)."""
     p = Path(path)
     recipe: Recipe
+    site_state: dict[str, dict[str, float]] = {}
     if p.suffix in (".yaml", ".yml"):
         recipe = load_recipe(p)
         model = build_model(recipe)
@@ -93,6 +107,7 @@ def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> Ins
         ckpt = load_checkpoint(p)
         recipe, model, relaxed = restore(ckpt)
         kind = ckpt.kind
+        site_state = ckpt.json("site_state") or {}
     report = InspectReport(str(p), kind, recipe.model.target, relaxed.mode if relaxed is not None else None)
     if relaxed is not None and relaxed.fallback_reason:
         report.notes.append(f"hooks mode: {relaxed.fallback_reason}")
@@ -102,6 +117,9 @@ def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> Ins
         for row in report.sites:
             if row.calls != 1:
                 report.notes.append(f"site {row.path} fired {row.calls} times in one forward pass")
+            row.dual = site_state.get(row.path, {}).get("lambda")
+            row.slack = site_state.get(row.path, {}).get("u")
+        report.notes += _ace_notes(report.sites)
     elif kind == "projected":
         report.notes.append("projected checkpoint: no branches")
     else:

@@ -437,24 +437,28 @@ def _plot_theta(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
     source = "train"
     if not theta[0]:  # a log with only eval lines
         theta, source = _series(_of_kind(records, "eval"), "theta"), "eval"
-    gammas = _site_series(_of_kind(records, "eval"), "gamma")
-    if not (theta[0] or gammas):
+    evals = _of_kind(records, "eval")
+    per_site = [(key, title, series) for key, title in (("gamma", "Per-site γ"), ("lambda", "Per-site dual λ"),
+                                                        ("u", "Per-site slack u"))
+                if (series := _site_series(evals, key))]
+    if per_site:  # ACE: γ is the site's θ, shown per site; the mean-θ panel adds nothing
+        theta = ([], [])
+    if not (theta[0] or per_site):
         return None
 
-    fig, axes = _new_figure(int(bool(theta[0])) + int(bool(gammas)))
+    fig, axes = _new_figure(int(bool(theta[0])) + len(per_site))
     fig.suptitle("Relaxation parameters")
     if theta[0]:
         ax = axes[0]
         ax.plot(*theta, lw=1.5, color="C3", marker="o" if source == "eval" else None, ms=3)
         ax.set_title("Relaxation strength θ" + (" (from eval lines)" if source == "eval" else ""))
         ax.set_ylabel("θ")
-    if gammas:
-        ax = axes[-1]
-        for (site, (steps, values)), color in zip(gammas.items(), _site_colors(len(gammas))):
+    for ax, (key, title, series) in zip(axes[int(bool(theta[0])):], per_site):
+        for (site, (steps, values)), color in zip(series.items(), _site_colors(len(series))):
             ax.plot(steps, values, marker="o", ms=3, lw=1.0, color=color, label=site)
-        ax.set_title("Per-site γ")
-        ax.set_ylabel("γ")
-        _site_legend(ax, len(gammas))
+        ax.set_title(title)
+        ax.set_ylabel({"gamma": "γ", "lambda": "λ", "u": "u"}[key])
+        _site_legend(ax, len(series))
     axes[-1].set_xlabel("step")
     return _save(fig, path)
 
@@ -480,7 +484,7 @@ def write_plots(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
     - ``loss.png``: training task loss vs step (log y; plus the total loss for a relaxed run) and the validation
       metric of the projected model ("projected (θ=0)") and the relaxed model vs step, the best eval starred and
       test results marked;
-    - ``theta.png``: θ vs step from the train lines, and per-site γ from the eval lines when they carry ``gamma``;
+    - ``theta.png``: θ vs step from the train lines; for ACE runs instead per-site γ, λ (and u) from the eval lines;
     - ``lie.png``: per-site Lie-derivative norm vs step from the eval lines (log y).
 
     A plot whose data is missing (e.g. ``theta.png`` for a standard run) is skipped and not written; a stale file

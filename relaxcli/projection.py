@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .build import DTYPES, build_data, example_batch, restore, to_device
-from .checkpoint import PROJECTED, load_checkpoint, save_checkpoint, versions
+from .checkpoint import PROJECTED, RELAXED, Checkpoint, load_checkpoint, save_checkpoint, versions
 from .errors import EquivarianceError, RelaxError
 from .graph import RelaxedModel
 from .recipe import Recipe
@@ -90,19 +90,28 @@ def default_tolerance(recipe: Recipe) -> float:
 
 
 def project_checkpoint(path: str | Path, out: str | Path | None = None, *, tolerance: float | None = None,
-                       trials: int = 3, samples: int = 16, verify: bool = True,
-                       overwrite: bool = False) -> tuple[Path, EquivarianceReport | None]:
+                       trials: int = 3, samples: int = 16, verify: bool = True, overwrite: bool = False,
+                       keep_gamma: bool = False) -> tuple[Path, EquivarianceReport | None]:
     """``relax project``: strip the branches of a relaxed checkpoint, verify, and write the user's state_dict.
 
     The output holds exactly the keys of the user's ``state_dict()`` (``load_state_dict(strict=True)`` works) and
     metadata naming the model component, its arguments and the recipe. Nothing is written if the check fails.
+
+    With ``keep_gamma`` (for ``ace_elastic`` runs) the branches stay, with their learnt γ: the output is the
+    approximately equivariant relaxed model (a relaxed checkpoint without training state, which
+    :func:`relaxcli.load_model` rebuilds); its equivariance error is measured and reported, not enforced.
     """
     ckpt = load_checkpoint(path)
     if ckpt.kind == PROJECTED:
         raise RelaxError(f"{ckpt.path} is already a projected checkpoint; 'relax inspect' it instead")
-    out_path = Path(out) if out is not None else ckpt.path.with_name(ckpt.path.stem + ".projected.safetensors")
+    suffix = ".relaxed.safetensors" if keep_gamma else ".projected.safetensors"
+    out_path = Path(out) if out is not None else ckpt.path.with_name(ckpt.path.stem + suffix)
     if out_path.exists() and not overwrite:
         raise RelaxError(f"{out_path} already exists; pass -o with another path, or --overwrite to replace it")
+    if out_path.resolve() == ckpt.path.resolve():
+        raise RelaxError(f"-o {out_path} is the checkpoint being read; choose another output path")
+    if keep_gamma:
+        return _export_relaxed(ckpt, out_path, trials, samples, verify)
     recipe, model, _ = restore(ckpt)  # the branches are not attached: this is the projected model
     model.eval()
     report = None
@@ -117,4 +126,27 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
             "equivariance": None if report is None else {"relative": report.relative, "absolute": report.absolute,
                                                          "tolerance": tol, "cases": report.cases}}
     save_checkpoint(out_path, dict(model.state_dict()), meta)
+    return out_path, report
+
+
+def _export_relaxed(ckpt: Checkpoint, out_path: Path, trials: int, samples: int,
+                    verify: bool) -> tuple[Path, EquivarianceReport | None]:
+    """The relaxed model with its learnt γ, as a relaxed checkpoint without training state."""
+    recipe, model, relaxed = restore(ckpt)
+    if relaxed is None:
+        raise RelaxError(f"{ckpt.path} holds no branches (a standard run), so there is no γ to keep; "
+                         "drop --keep-gamma to write the model")
+    report = None
+    if verify:
+        args, kw = symmetry_args(recipe, example_inputs(recipe, samples))
+        relaxed.eval()
+        report = equivariance_error(relaxed, args, ntrials=trials, **kw)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"branches.{k}": v for k, v in relaxed.branches.state_dict().items()})
+    keep = ("step", "epoch", "relaxed", "sites", "relax_mode", "site_state", "theta", "recipe")  # text, as stored
+    meta = {**{k: ckpt.metadata[k] for k in keep if k in ckpt.metadata}, "format": RELAXED,
+            "source_checkpoint": str(ckpt.path), "versions": versions(),
+            "equivariance": None if report is None else {"relative": report.relative, "absolute": report.absolute,
+                                                         "cases": report.cases}}
+    save_checkpoint(out_path, tensors, meta)
     return out_path, report

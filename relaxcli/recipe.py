@@ -26,7 +26,8 @@ importable components, keyword arguments against signatures) and raises one
 
 Typed sections are plain dataclasses validated by one generic walker
 (:func:`_convert`), so adding a key or a subsection means editing a dataclass
-and nothing else. Ranges and extra checks ride along as ``Annotated`` metadata.
+and nothing else. Ranges and extra checks ride along as ``Annotated`` metadata;
+a section's ``check(given_keys)`` method reports keys that conflict.
 """
 
 from __future__ import annotations
@@ -176,10 +177,30 @@ class RegularizerConfig:
 
 @dataclass
 class ThetaConfig:
-    schedule: Literal["triangle", "constant", "linear", "cosine"] = "triangle"
+    schedule: Literal["triangle", "constant", "linear", "cosine", "ace", "ace_elastic"] = "triangle"
+    # hand schedules
     max: Annotated[float, Range(ge=0)] = 1.0
     granularity: Literal["step", "epoch"] = "step"
     end: Annotated[float, Range(gt=0, le=1)] = 1.0  # fraction of training after which theta is 0
+    # ACE: theta becomes a learnable gamma per site
+    dual_lr: Annotated[float, Range(gt=0)] = 0.01  # eta_d
+    gamma_init: float = 1.0
+    gamma_lr: Annotated[Optional[float], Range(gt=0)] = None  # optimiser lr for gamma (and u); None: the model's
+    rho: Annotated[float, Range(gt=0)] = 1.0  # ace_elastic: price of slack
+
+    _HAND = ("max", "granularity", "end")
+    _ACE = ("dual_lr", "gamma_init", "gamma_lr")
+
+    def check(self, given: Iterable[str]) -> list[tuple[str, str]]:
+        """Keys set to a non-default value that the chosen schedule would ignore (key, problem)."""
+        ace = self.schedule.startswith("ace")
+        defaults = ThetaConfig()
+        unused = [k for k in given if (k in (self._ACE if not ace else self._HAND)
+                                       or (k == "rho" and self.schedule != "ace_elastic"))
+                  and getattr(self, k) != getattr(defaults, k)]
+        users = {"rho": "ace_elastic"} | {k: "ace and ace_elastic" for k in self._ACE} | \
+            {k: "the hand schedules (triangle, constant, linear, cosine)" for k in self._HAND}
+        return [(k, f"is not used by schedule {self.schedule!r}; it applies to {users[k]} only") for k in unused]
 
 
 @dataclass
@@ -552,7 +573,10 @@ def _convert_dataclass(value: Any, cls: type, path: Path_, ctx: _Ctx) -> Any:
             ctx.add(path + (f.name,), "missing required key")
     if ctx.count() != before:
         return _INVALID
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for key, message in obj.check(value) if hasattr(obj, "check") else ():
+        ctx.add(path + (key,), message)
+    return obj
 
 
 # -----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """θ schedules: how the branch scale moves over training, ending at exactly 0 so the model is its projection.
 
-A :class:`Schedule` is called around every optimiser step: ``before_step`` sets θ (or, for ACE, prepares its learnable
-γ), ``penalty`` adds loss terms of its own (ACE's Lagrangian), ``after_step`` updates its state (ACE's dual ascent).
-The hand schedules here only set θ:
+A :class:`Schedule` is attached to the relaxed model once (``attach`` returns the schedule's own learnable variables,
+if any, for the optimiser) and called around every optimiser step: ``before_step`` sets θ, ``penalty`` adds loss
+terms of its own (ACE's Lagrangian), ``after_step`` updates its state (ACE's dual ascent).
+The hand schedules only set θ:
 
 - ``triangle`` (the paper's): 0 -> θ_max over the first half, back to exactly 0 at the last step;
 - ``linear`` and ``cosine``: θ_max -> exactly 0 at the last step;
@@ -10,6 +11,10 @@ The hand schedules here only set θ:
 
 ``granularity="epoch"`` holds θ constant within an epoch (the last epoch has θ = 0). ``end < 1`` runs the schedule
 over that fraction of training and keeps θ = 0 afterwards, i.e. equivariant fine-tuning at the end.
+
+The ACE schedules (Manolache et al., NeurIPS 2025) learn θ instead: each site's θ becomes a parameter γ_i, and dual
+variables λ_i drive it to 0 (:class:`Ace`, the equality variant) or hold it within a learnt slack ``|γ_i| <= u_i``
+(:class:`AceElastic`, for data whose symmetry is only approximate). Validation and export truncate γ to 0 as usual.
 
 Example:
     >>> s = make_schedule("triangle", total_steps=100, theta_max=1.0)
@@ -24,8 +29,8 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["Schedule", "ThetaSchedule", "Triangle", "Constant", "LinearDecay", "CosineDecay", "SCHEDULES",
-           "make_schedule"]
+__all__ = ["Schedule", "ThetaSchedule", "Triangle", "Constant", "LinearDecay", "CosineDecay", "Ace", "AceElastic",
+           "SCHEDULES", "make_schedule"]
 
 
 class Schedule:
@@ -34,10 +39,17 @@ class Schedule:
     Subclasses override the hooks they need; every hook receives the relaxed model.
     """
 
+    keeps_relaxation = False  # True: the relaxed model itself is a result (ace_elastic), not only its projection
+
     def __init__(self, total_steps: int) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.total_steps = total_steps
+
+    def attach(self, relaxed: torch.nn.Module) -> list[torch.Tensor]:
+        """Called once, after the model is on its device and before the optimiser is built; returns the schedule's
+        own learnable variables (none for hand schedules), which the trainer optimises without weight decay."""
+        return []
 
     def before_step(self, relaxed: torch.nn.Module, step: int) -> None:
         """Called before the forward pass of ``step`` (0-based)."""
@@ -54,6 +66,10 @@ class Schedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def site_state(self, relaxed: torch.nn.Module) -> dict[str, dict[str, float]]:
+        """Per site path, the schedule's own numbers to log (ACE: γ, λ, u)."""
+        return {}
 
 
 class ThetaSchedule(Schedule):
@@ -124,13 +140,127 @@ class Constant(ThetaSchedule):
         return 1.0 if p < 1.0 else 0.0
 
 
-SCHEDULES: dict[str, type[ThetaSchedule]] = {
+class Ace(Schedule):
+    """ACE, equality variant: a learnable γ_i per site (the site's θ), driven to 0 by dual ascent.
+
+    The loss gains the Lagrangian term ``Σ_i λ_i γ_i``; after each optimiser step ``λ_i <- λ_i + η_d γ_i`` (with γ
+    after the step: alternating ascent, which stays bounded where the simultaneous update oscillates). λ starts at
+    0, so λ grows while γ stays away from 0 and pulls it down at a rate set by what the task gains from the branch;
+    there is no length or peak to tune. γ is truncated to 0 at validation and export (the projection).
+
+    Args:
+        total_steps: the length of training (ACE does not use it).
+        dual_lr: η_d, the dual ascent step.
+        gamma_init: γ_i at the start (1: training starts from the unconstrained model).
+
+    Example:
+        >>> ace = Ace(total_steps=1000, dual_lr=0.01)
+        >>> extra = ace.attach(relaxed)            # the γ_i, for the optimiser
+        >>> loss = task + ace.penalty(relaxed); loss.backward(); opt.step(); ace.after_step(relaxed, step)
+    """
+
+    def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0) -> None:
+        super().__init__(total_steps)
+        if dual_lr <= 0:
+            raise ValueError(f"dual_lr must be > 0, got {dual_lr}")
+        self.dual_lr, self.gamma_init = float(dual_lr), float(gamma_init)
+        self.paths: list[str] = []
+        self.lam = torch.zeros(0)
+
+    def attach(self, relaxed: torch.nn.Module) -> list[torch.Tensor]:
+        self.paths = [s.path for s in relaxed.sites]
+        gammas = [s.branch.learn_theta(self.gamma_init) for s in relaxed.sites]
+        self.lam = torch.zeros(len(gammas), device=gammas[0].device if gammas else None)
+        return gammas
+
+    @staticmethod
+    def gammas(relaxed: torch.nn.Module) -> torch.Tensor:
+        return torch.stack([s.branch.theta for s in relaxed.sites])
+
+    def constraint(self, gamma: torch.Tensor) -> torch.Tensor:
+        """The constraint value per site; the constraint is ``= 0`` here and ``<= 0`` for the elastic variant."""
+        return gamma
+
+    def penalty(self, relaxed: torch.nn.Module) -> torch.Tensor:
+        return (self.lam * self.constraint(self.gammas(relaxed))).sum()
+
+    def after_step(self, relaxed: torch.nn.Module, step: int) -> None:
+        with torch.no_grad():
+            self.lam += self.dual_lr * self.constraint(self.gammas(relaxed))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lam": self.lam.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lam.copy_(state["lam"])
+
+    def site_state(self, relaxed: torch.nn.Module) -> dict[str, dict[str, float]]:
+        gamma, lam = self.gammas(relaxed).tolist(), self.lam.tolist()
+        return {p: {"gamma": g, "lambda": m} for p, g, m in zip(self.paths, gamma, lam)}
+
+
+class AceElastic(Ace):
+    """ACE, elastic variant: ``|γ_i| <= u_i`` with a learnable slack ``u_i >= 0`` that costs ``(ρ/2)‖u‖²``.
+
+    The loss gains ``Σ_i λ_i (|γ_i| − u_i) + (ρ/2) Σ_i u_i²``; after each optimiser step u is projected onto
+    ``u >= 0`` and ``λ_i <- max(0, λ_i + η_d (|γ_i| − u_i))``. At a solution ``u_i = λ_i / ρ``: on symmetric data γ, u
+    and λ go to ~0, while a layer that the data needs to break the symmetry keeps γ_i and a large λ_i. (ACE's
+    released code counts the slack twice; this follows the paper's algorithm.)
+
+    Args:
+        rho: ρ, the price of slack.
+        (the others as for :class:`Ace`)
+    """
+
+    keeps_relaxation = True
+
+    def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0, rho: float = 1.0) -> None:
+        super().__init__(total_steps, dual_lr, gamma_init)
+        if rho <= 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
+        self.rho = float(rho)
+        self.u = torch.nn.Parameter(torch.zeros(0))
+
+    def attach(self, relaxed: torch.nn.Module) -> list[torch.Tensor]:
+        gammas = super().attach(relaxed)
+        self.u = torch.nn.Parameter(torch.zeros_like(self.lam))
+        return gammas + [self.u]
+
+    def constraint(self, gamma: torch.Tensor) -> torch.Tensor:
+        return gamma.abs() - self.u
+
+    def penalty(self, relaxed: torch.nn.Module) -> torch.Tensor:
+        return super().penalty(relaxed) + 0.5 * self.rho * (self.u**2).sum()
+
+    def after_step(self, relaxed: torch.nn.Module, step: int) -> None:
+        with torch.no_grad():
+            self.u.clamp_(min=0.0)
+            self.lam = (self.lam + self.dual_lr * self.constraint(self.gammas(relaxed))).clamp_(min=0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "u": self.u.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.u.copy_(state["u"])
+
+    def site_state(self, relaxed: torch.nn.Module) -> dict[str, dict[str, float]]:
+        out = super().site_state(relaxed)
+        for p, u in zip(self.paths, self.u.tolist()):
+            out[p]["u"] = u
+        return out
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
     "triangle": Triangle, "constant": Constant, "linear": LinearDecay, "cosine": CosineDecay,
+    "ace": Ace, "ace_elastic": AceElastic,
 }
 
 
 def make_schedule(name: str, total_steps: int, **kwargs: Any) -> Schedule:
-    """Build a schedule by name (``triangle``, ``constant``, ``linear``, ``cosine``)."""
+    """Build a schedule by name (``triangle``, ``constant``, ``linear``, ``cosine``, ``ace``, ``ace_elastic``);
+    ``kwargs`` go to its class."""
     try:
         cls = SCHEDULES[name]
     except KeyError:

@@ -74,8 +74,6 @@ class Trainer:
         self.net: nn.Module = self.relaxed if self.relaxed is not None else self.model
         self.net.to(self.device)
         self.loss_fn = instantiate(recipe.loss)
-        self.optimizer = instantiate(recipe.optimizer, self.net.parameters())
-        self.scheduler = instantiate(recipe.scheduler, self.optimizer) if recipe.scheduler is not None else None
 
         self.steps_per_epoch = math.ceil(len(self.splits.train) / cfg.batch_size)  # type: ignore[arg-type]
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -84,10 +82,17 @@ class Trainer:
         self.regularizer = build_regularizer(recipe) if self.relaxed is not None else None
         self.schedule = build_schedule(recipe, self.total_steps, self.steps_per_epoch) \
             if self.relaxed is not None else None
+        extra = self.schedule.attach(self.relaxed) if self.schedule is not None else []  # ACE: γ (and u)
+        self.optimizer = instantiate(recipe.optimizer, self._param_groups(extra))
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.scheduler = instantiate(recipe.scheduler, self.optimizer) if recipe.scheduler is not None else None
 
         self.epoch, self.step = 0, 0
         self.best_val = math.inf
         self.best_epoch = -1
+        # ace_elastic also delivers the relaxed model (γ kept): its own best, on the relaxed validation metric
+        self.keep_relaxed = bool(self.schedule is not None and self.schedule.keeps_relaxation)
+        self.best_relaxed_val = math.inf
         self.last_eval: tuple[float, float | None] | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -97,6 +102,16 @@ class Trainer:
             atomic_write(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
         self.log = MetricsLog(self.metrics_path)
         self._start_time = time.time()
+
+    def _param_groups(self, extra: list[torch.Tensor]) -> Any:
+        """The model's parameters; a schedule's own variables (ACE's γ, u) in a group without weight decay."""
+        if not extra:
+            return self.net.parameters()
+        ids = {id(p) for p in extra}
+        group: dict[str, Any] = {"params": extra, "weight_decay": 0.0}
+        if self.recipe.relax.theta.gamma_lr is not None:
+            group["lr"] = self.recipe.relax.theta.gamma_lr
+        return [{"params": [p for p in self.net.parameters() if id(p) not in ids]}, group]
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -154,14 +169,15 @@ class Trainer:
         if relaxed is not None:
             reg = regularizer(relaxed)  # type: ignore[misc]
             loss = loss + reg.total
-            penalty = schedule.penalty(relaxed)  # type: ignore[union-attr]
-            if penalty is not None:
-                loss = loss + penalty
             record.update(reg=float(reg.total.detach()), **reg.summary(), theta=self._theta())
+            penalty = schedule.penalty(relaxed)  # type: ignore[union-attr]
+            if penalty is not None:  # ACE's Lagrangian terms
+                loss = loss + penalty
+                record["penalty"] = float(penalty.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.recipe.trainer.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.recipe.trainer.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.recipe.trainer.grad_clip)
         self.optimizer.step()
         if relaxed is not None:
             schedule.after_step(relaxed, self.step)  # type: ignore[union-attr]
@@ -173,7 +189,7 @@ class Trainer:
 
     def _theta(self) -> float:
         assert self.relaxed is not None
-        thetas = [float(b.theta) for b in self.relaxed.branches.values()]
+        thetas = [float(b.theta.detach()) for b in self.relaxed.branches.values()]
         return sum(thetas) / len(thetas)
 
     # -- evaluation ----------------------------------------------------------------------------------------------
@@ -205,15 +221,17 @@ class Trainer:
         return total / max(n, 1)
 
     def site_stats(self) -> dict[str, dict[str, float]]:
-        """Per site: θ, ‖B‖_F and the data-free Lie-derivative and discrete norms of the branch."""
+        """Per site: θ, ‖B‖_F, the data-free Lie-derivative and discrete norms of the branch, and the schedule's
+        own numbers (ACE: γ, λ and u)."""
         if self.relaxed is None:
             return {}
         out = {}
         with torch.no_grad():
+            extra = self.schedule.site_state(self.relaxed)  # type: ignore[union-attr]
             for s in self.relaxed.sites:
                 t = site_terms(s.branch, None, "weight")
                 out[s.path] = {"theta": float(s.branch.theta), "weight_norm": float(t.projection),
-                               "lie": float(t.lie), "discrete": float(t.discrete)}
+                               "lie": float(t.lie), "discrete": float(t.discrete), **extra.get(s.path, {})}
         return out
 
     def _evaluate_and_keep_best(self) -> None:
@@ -223,6 +241,9 @@ class Trainer:
         if best:
             self.best_val, self.best_epoch = val_projected, self.epoch
             self._save("best", with_state=False)
+        if self.keep_relaxed and val_relaxed is not None and val_relaxed < self.best_relaxed_val:
+            self.best_relaxed_val = val_relaxed
+            self._save("best_relaxed", with_state=False)
         self.log.append({"kind": "eval", "step": self.step, "epoch": self.epoch, "val_projected": val_projected,
                          "val_relaxed": val_relaxed, "theta": self._theta() if self.relaxed is not None else None,
                          "best": best, "sites": self.site_stats()})
@@ -236,11 +257,20 @@ class Trainer:
         test_relaxed = self.evaluate("test", False) if self.splits.test is not None and self.relaxed else None
         record = {"kind": "test", "step": int(ckpt.json("step")), "epoch": int(ckpt.json("epoch")),
                   "val_projected": self.best_val, "test_projected": test_projected, "test_relaxed": test_relaxed}
+        kept: dict[str, Any] = {}
+        if self.keep_relaxed:  # the relaxed model at its own best (γ kept) is a deliverable too
+            path = self.ckpt_dir / "best_relaxed.safetensors"
+            ckpt = load_checkpoint(path)
+            self._load_weights(ckpt)
+            kept = {"best_relaxed_epoch": int(ckpt.json("epoch")), "val_relaxed": self.best_relaxed_val,
+                    "test_relaxed_kept": self.evaluate("test", False) if self.splits.test is not None else None}
+            record.update(kept)
+            kept["best_relaxed_checkpoint"] = str(path)
         self.log.append(record)
         return {"name": self.recipe.name, "seed": self.recipe.seed, "relaxed": self.relaxed is not None,
                 "best_epoch": record["epoch"], "best_step": record["step"], "val_projected": self.best_val,
                 "test_projected": test_projected, "test_relaxed": test_relaxed, "steps": self.step,
-                "run_dir": str(self.run_dir), "best_checkpoint": str(best)}
+                "run_dir": str(self.run_dir), "best_checkpoint": str(best), **kept}
 
     def _write_reports(self) -> None:
         records = MetricsLog.read(self.metrics_path)
@@ -258,6 +288,7 @@ class Trainer:
             "theta": self._theta() if self.relaxed is not None else None,
             "sites": [s.path for s in self.relaxed.sites] if self.relaxed is not None else [],
             "relax_mode": self.relaxed.mode if self.relaxed is not None else None,
+            "site_state": self.site_stats(),
         }
         if with_state:
             state = {"optimizer": self.optimizer.state_dict(),
@@ -265,6 +296,7 @@ class Trainer:
                      "schedule": self.schedule.state_dict() if self.schedule is not None else None,
                      "rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
                      "best_val": self.best_val, "best_epoch": self.best_epoch,
+                     "best_relaxed_val": self.best_relaxed_val,
                      "metrics_lines": MetricsLog.count_lines(self.metrics_path)}
             state_tensors, skeleton = flatten_state(state, "state")
             tensors.update(state_tensors)
@@ -294,6 +326,7 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         random.setstate((3, tuple(state["python_rng"]), None))
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.best_relaxed_val = state.get("best_relaxed_val", math.inf)  # absent in checkpoints before ACE
         self.epoch, self.step = int(ckpt.json("epoch")), int(ckpt.json("step"))
         MetricsLog.truncate(self.metrics_path, state["metrics_lines"])
 
@@ -328,7 +361,10 @@ class _Progress:
     def update(self, trainer: Trainer, loss: float) -> None:
         if self.bar is None:
             return
-        theta = f" θ {trainer._theta():.3f}" if trainer.relaxed is not None else ""
+        theta = ""
+        if trainer.relaxed is not None:
+            lam = [v["lambda"] for v in trainer.schedule.site_state(trainer.relaxed).values()]  # type: ignore[union-attr]
+            theta = f" γ̄ {trainer._theta():.3f} λ̄ {sum(lam) / len(lam):.3g}" if lam else f" θ {trainer._theta():.3f}"
         val = trainer.last_eval
         val_text = f" val(θ=0) {val[0]:.4g}" if val else ""
         self.bar.update(self.task, completed=trainer.step,

@@ -170,8 +170,9 @@ def test_recipes_command(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
-def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path, epochs=14, train=60)
+@pytest.mark.parametrize("theta", [{"schedule": "constant"}, {"schedule": "ace_elastic", "dual_lr": 0.05}])
+def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path, theta: dict) -> None:
+    recipe = tiny_recipe(tmp_path, epochs=14, train=60, theta=theta)  # ace_elastic: γ, λ and u resume exactly
     run("train", recipe, "--run-dir", "straight", cwd=tmp_path)
 
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache")}
@@ -195,8 +196,9 @@ def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path) -> Non
 
     a = json.loads((tmp_path / "straight" / "summary.json").read_text())
     b = json.loads((tmp_path / "killed" / "summary.json").read_text())
-    for key in ("val_projected", "test_projected", "test_relaxed", "best_epoch", "steps"):
-        assert a[key] == b[key], key
+    assert a.keys() == b.keys()
+    for key in ("val_projected", "test_projected", "test_relaxed", "best_epoch", "steps", "test_relaxed_kept"):
+        assert a.get(key) == b.get(key), key
     wa = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors").tensors
     wb = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.safetensors").tensors
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -241,3 +243,52 @@ def test_initial_weights_from_the_recipe(tmp_path: Path) -> None:
     safetensors.torch.save_file({"embed.weight": torch.zeros(3)}, str(tmp_path / "init.safetensors"))
     proc = run("train", recipe, "--dry-run", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "does not match SEGNN: missing keys" in proc.stderr
+
+
+def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, epochs=6, theta={"schedule": "ace_elastic", "dual_lr": 0.05})
+    data = yaml.safe_load(recipe.read_text())
+    data["data"]["field"] = 0.5  # a field along z that the model does not see
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = run("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    assert "relaxed model with γ kept" in proc.stdout and "relax project --keep-gamma" in proc.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    kept_ckpt = tmp_path / summary["best_relaxed_checkpoint"]
+    assert kept_ckpt.name == "best_relaxed.safetensors" and summary["test_relaxed_kept"] is not None
+    evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if r["kind"] == "eval"]
+    first, last = evals[0]["sites"], evals[-1]["sites"]
+    assert first.keys() == last.keys() and len(last) == 7  # the sites of a one-layer SEGNN
+    for site in last.values():
+        assert {"gamma", "lambda", "u"} <= site.keys() and site["u"] >= 0 and site["lambda"] >= 0
+        assert site["gamma"] == site["theta"] and site["gamma"] < 1.0  # γ is the site's θ, and it moved
+
+    # the projection is strictly equivariant; the kept model is not, and says so without failing
+    run("project", summary["best_checkpoint"], "-o", "projected.safetensors", cwd=tmp_path)
+    proc = run("project", "--keep-gamma", kept_ckpt, "-o", "kept.safetensors", cwd=tmp_path)
+    error = float(proc.stdout.split("relative equivariance error ")[1].split()[0])
+    assert error > 1e-4, proc.stdout
+    proc = run("project", "--keep-gamma", kept_ckpt, "-o", "kept.safetensors", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "already exists" in proc.stderr  # nothing is overwritten
+
+    import relaxcli
+
+    kept = relaxcli.load_model(tmp_path / "kept.safetensors")
+    projected = relaxcli.load_model(tmp_path / "projected.safetensors")
+    assert isinstance(kept, relaxcli.RelaxedModel) and isinstance(projected, SEGNN)
+    stored = load_checkpoint(kept_ckpt)
+    thetas = {k: float(v) for k, v in stored.branch_state().items() if k.endswith(".theta")}
+    assert {f"{k}.theta": float(b.theta) for k, b in kept.branches.items()} == thetas
+    inputs, _ = relaxcli.build.example_batch(NBodyData(train=40, val=20, test=20, seed=1,
+                                                       field=0.5, cache_dir=tmp_path / "cache").val, 4)
+    kept.eval()
+    with torch.no_grad():
+        with kept.projected():
+            assert torch.allclose(kept(*inputs), projected(*inputs), atol=1e-6)
+        assert not torch.allclose(kept(*inputs), projected(*inputs), atol=1e-4)
+
+    report = json.loads(run("inspect", "kept.safetensors", "--json", cwd=tmp_path).stdout)
+    assert all(row["dual"] is not None and row["slack"] is not None for row in report["sites"])
+    assert any(note.startswith("ACE:") for note in report["notes"])
+    table = run("inspect", "kept.safetensors", cwd=tmp_path).stdout
+    assert "λ" in table and "γ" in table

@@ -124,12 +124,29 @@ def test_override_problems(tmp_path: Path) -> None:
         "override 'trainer.epcohs=5': trainer.epcohs: unknown key; did you mean 'epochs'?",
         "override 'trainer.batch_size=big': trainer.batch_size: expected an integer, got 'big' (str)",
         "override 'relax.theta.schedule=cosin': relax.theta.schedule: must be one of "
-        "'triangle', 'constant', 'linear', 'cosine'; got 'cosin' (str); did you mean 'cosine'?",
+        "'triangle', 'constant', 'linear', 'cosine', 'ace', 'ace_elastic'; got 'cosin' (str); did you mean 'cosine'?",
         "override 'model.biass=false': model.biass: unknown argument of torch.nn.Linear; did you mean 'bias'?",
         "override 'oops': expected KEY=VALUE, e.g. trainer.epochs=5",
         "override 'name.x=1': name is 'tiny' (str), not a mapping",
     ]
     assert excinfo.value.exit_code == 2
+
+
+def test_theta_keys_must_fit_the_schedule(tmp_path: Path) -> None:
+    text = VALID + "relax:\n  theta:\n    schedule: ace_elastic\n    rho: 2.0\n    dual_lr: 0.05\n    max: 1.0\n"
+    theta = load_recipe(write(tmp_path, text)).relax.theta  # max at its default value is harmless
+    assert (theta.schedule, theta.rho, theta.dual_lr, theta.gamma_lr) == ("ace_elastic", 2.0, 0.05, None)
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(write(tmp_path, text), ["relax.theta.schedule=ace", "relax.theta.end=0.5"])
+    path = tmp_path / "recipe.yaml"
+    assert problems_of(excinfo) == [
+        f"{path}:16: relax.theta.rho: is not used by schedule 'ace'; it applies to ace_elastic only",
+        "override 'relax.theta.end=0.5': relax.theta.end: is not used by schedule 'ace'; it applies to the hand "
+        "schedules (triangle, constant, linear, cosine) only",
+    ]
+    with pytest.raises(RecipeError) as excinfo:
+        load_recipe(write(tmp_path, VALID), ["relax.theta.dual_lr=0", "relax.theta.gamma_lr=1e-3"])
+    assert problems_of(excinfo) == ["override 'relax.theta.dual_lr=0': relax.theta.dual_lr: must be > 0, got 0"]
 
 
 def test_override_replacing_a_section_owns_its_problems(tmp_path: Path) -> None:

@@ -47,4 +47,4 @@ def test_bad_arguments() -> None:
         make_schedule("trinagle", 10)
     with pytest.raises(ValueError, match="end must be"):
         make_schedule("triangle", 10, end=0.0)
-    assert set(SCHEDULES) == {"triangle", "constant", "linear", "cosine"}
+    assert set(SCHEDULES) == {"triangle", "constant", "linear", "cosine", "ace", "ace_elastic"}

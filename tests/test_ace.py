@@ -1,0 +1,104 @@
+"""ACE on a problem whose answer is known.
+
+The model has two relaxed sites: ``field`` maps (charge 0e, velocity 1o) to a vector, ``drift`` maps a second vector
+to a vector. The symmetric target is equivariant in both; the broken target adds ``charge · E · z`` (a uniform field
+along z, as in the N-body variant), which only the ``field`` site can express, and only through its branch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from e3nn import o3
+from torch import nn
+
+from relaxcli import Regularizer, make_schedule, relax
+from relaxcli.schedules import Ace, AceElastic
+
+
+class TwoSites(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.field = o3.Linear("1x0e+1x1o", "1x1o")
+        self.drift = o3.Linear("1x1o", "1x1o")
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.field(x) + self.drift(w)
+
+
+def _data(n: int, field: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(n, 4, generator=g), torch.randn(n, 3, generator=g)
+    y = 0.7 * x[:, 1:] - 0.4 * w
+    y[:, 1] += field * x[:, 0]  # e3nn's l=1 basis is (y, z, x): index 1 is z
+    return x, w, y
+
+
+def _train(schedule_name: str, field: float, steps: int = 1500, **kwargs: float) -> tuple[Ace, list, nn.Module]:
+    torch.manual_seed(0)
+    relaxed = relax(TwoSites(), init_std=0.0)
+    ace = make_schedule(schedule_name, steps, **kwargs)
+    extra = ace.attach(relaxed)
+    params = [p for p in relaxed.parameters() if all(p is not e for e in extra)]
+    opt = torch.optim.Adam([{"params": params}, {"params": extra, "weight_decay": 0.0}], lr=3e-3)
+    reg = Regularizer(weight=0.01)
+    x, w, y = _data(512, field, seed=1)
+    history = []
+    for step in range(steps):
+        loss = nn.functional.mse_loss(relaxed(x, w), y) + reg(relaxed).total + ace.penalty(relaxed)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ace.after_step(relaxed, step)
+        history.append(ace.site_state(relaxed))
+    return ace, history, relaxed
+
+
+def test_ace_drives_gamma_down_while_the_duals_rise() -> None:
+    ace, history, relaxed = _train("ace", field=0.0, steps=300, dual_lr=0.01)
+    gamma = torch.tensor([[h[p]["gamma"] for p in ("field", "drift")] for h in history])
+    lam = torch.tensor([[h[p]["lambda"] for p in ("field", "drift")] for h in history])
+    assert (gamma[0] > 0.99).all() and (gamma[-1].abs() < 0.3).all()
+    assert (gamma[1:] <= gamma[:-1] + 1e-4).all()  # the first descent (undamped, it would overshoot later)
+    positive = gamma[:-1] > 0  # while γ > 0 the dual variable must grow, by exactly η_d γ after each step
+    assert torch.allclose((lam[1:] - lam[:-1])[positive], 0.01 * gamma[1:][positive], atol=1e-6)
+    assert (lam[-1] > 1.0).all()
+    # γ is each branch's θ, a learnable parameter with the same state_dict key as for the hand schedules
+    assert isinstance(relaxed.branches["field"].theta, nn.Parameter)
+    assert set(relaxed.branches.state_dict()) == {"field.weight", "field.theta", "drift.weight", "drift.theta"}
+
+
+def test_elastic_on_symmetric_data_releases_gamma_and_slack() -> None:
+    ace, history, _ = _train("ace_elastic", field=0.0)
+    end = history[-1]
+    for site in ("field", "drift"):
+        assert abs(end[site]["gamma"]) < 0.1 and end[site]["u"] < 0.1, end
+        assert end[site]["u"] >= 0.0 and end[site]["lambda"] >= 0.0
+
+
+def test_elastic_on_broken_data_keeps_gamma_where_it_is_needed() -> None:
+    ace, history, relaxed = _train("ace_elastic", field=0.5)
+    end = history[-1]
+    assert abs(end["field"]["gamma"]) > 0.1, end  # the field site carries the z-drift through its branch
+    assert abs(end["drift"]["gamma"]) < 0.1, end  # the other one needs no relaxation
+    assert end["field"]["lambda"] > 5 * end["drift"]["lambda"]
+    # the kept model fits the broken data; its projection cannot (the symmetry gap)
+    x, w, y = _data(512, 0.5, seed=2)
+    with torch.no_grad():
+        kept = nn.functional.mse_loss(relaxed(x, w), y)
+        with relaxed.projected():
+            projected = nn.functional.mse_loss(relaxed(x, w), y)
+    assert kept < 0.5 * projected
+
+
+def test_state_round_trip_and_argument_checks() -> None:
+    ace, _, relaxed = _train("ace_elastic", field=0.5, steps=20)
+    state = ace.state_dict()
+    fresh = AceElastic(20)
+    fresh.attach(relax(TwoSites()))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.lam, ace.lam) and torch.equal(fresh.u.detach(), ace.u.detach())
+    with pytest.raises(ValueError, match="dual_lr must be > 0"):
+        Ace(10, dual_lr=0.0)
+    with pytest.raises(ValueError, match="rho must be > 0"):
+        AceElastic(10, rho=-1.0)
