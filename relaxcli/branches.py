@@ -1,8 +1,8 @@
 """The unconstrained branch ``θ · W x`` that sits beside each relaxed equivariant op.
 
 A branch owns one dense matrix ``weight`` of shape ``[dim_out, dim_in]`` over the op's whole feature, and the scale
-``theta`` (a buffer set by the schedule; a learnable parameter, ACE's γ, under the ACE schedules). It acts per row (node, point, pixel), so permutation and translation
-equivariance survive. Two layouts are built in:
+``theta`` (a buffer set by the schedule; a learnable parameter, ACE's γ, under the ACE schedules). It acts per row
+(node, point, pixel), so permutation and translation equivariance survive. Two layouts are built in:
 
 - :class:`DenseBranch` -- the feature is the last axis (e3nn ``Irreps`` features ``[..., dim]``).
 - :class:`VectorBranch` -- Vector-Neuron features with a channel axis and a 3-vector axis (``[B, C, 3, ...]``);

@@ -143,10 +143,11 @@ class Constant(ThetaSchedule):
 class Ace(Schedule):
     """ACE, equality variant: a learnable γ_i per site (the site's θ), driven to 0 by dual ascent.
 
-    The loss gains the Lagrangian term ``Σ_i λ_i γ_i``; after each optimiser step ``λ_i <- λ_i + η_d γ_i`` (with γ
-    after the step: alternating ascent, which stays bounded where the simultaneous update oscillates). λ starts at
-    0, so λ grows while γ stays away from 0 and pulls it down at a rate set by what the task gains from the branch;
-    there is no length or peak to tune. γ is truncated to 0 at validation and export (the projection).
+    The loss gains the Lagrangian term ``Σ_i λ_i γ_i``; after each optimiser step ``λ_i <- λ_i + η_d γ_i`` (γ after
+    the step: alternating ascent). λ starts at 0, so λ grows while γ stays away from 0 and pulls it down at a rate set
+    by what the task gains from the branch; there is no length or peak to tune. γ is truncated to 0 at validation and
+    export (the projection). Where the task barely curves in γ the dual dynamics are an undamped oscillation: γ
+    crosses 0 and swings back (measured in ``benchmarks/README.md``).
 
     Args:
         total_steps: the length of training (ACE does not use it).
@@ -195,7 +196,7 @@ class Ace(Schedule):
         self.lam.copy_(state["lam"])
 
     def site_state(self, relaxed: torch.nn.Module) -> dict[str, dict[str, float]]:
-        gamma, lam = self.gammas(relaxed).tolist(), self.lam.tolist()
+        gamma, lam = self.gammas(relaxed).detach().tolist(), self.lam.tolist()
         return {p: {"gamma": g, "lambda": m} for p, g, m in zip(self.paths, gamma, lam)}
 
 
