@@ -10,7 +10,9 @@ An adapter answers four questions about a module:
 
 Built in: e3nn ``o3.Linear``, e3nn tensor products with internal weights (the branch acts on the first input, as in
 the relaxation paper's SEGNN), and Vector-Neuron linears (the shipped :class:`relaxcli.VNLinear` or any VN-style
-class). Users add their own with :func:`register_op`.
+class). Users add their own with :func:`register_op`, or without Python through ``relax.ops`` in a recipe:
+:class:`IrrepsAdapter` for any layer on e3nn irreps features, :class:`VectorNeuronAdapter` for VN-style layers,
+:class:`ExplicitAdapter` for representations given as matrices.
 
 Example:
     >>> class MyLinear(torch.nn.Module): ...            # maps "4x0e+2x1o" -> "4x0e+2x1o"
@@ -32,7 +34,7 @@ from .reps import Rep
 from .vn import VNLinear
 
 __all__ = [
-    "OpAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter", "ExplicitAdapter",
+    "OpAdapter", "IrrepsAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter", "ExplicitAdapter",
     "register_op", "registered_ops", "find_adapter",
 ]
 
@@ -84,19 +86,60 @@ def _o3_reps(irreps_in: o3.Irreps, irreps_out: o3.Irreps) -> tuple[Rep, Rep]:
     return Rep.from_irreps(irreps_in, parity=odd), Rep.from_irreps(irreps_out, parity=odd)
 
 
-class IrrepsLinearAdapter(_ClassAdapter):
+class _FeatureArg(_ClassAdapter):
+    """The feature is the argument at position (int) or keyword (str) ``feature_arg``."""
+
+    feature_arg: int | str = 0
+
+    def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        if isinstance(self.feature_arg, str):
+            return kwargs[self.feature_arg]
+        if self.feature_arg == 0:
+            return super().feature(args, kwargs)
+        return args[self.feature_arg]
+
+
+class IrrepsAdapter(_FeatureArg):
+    """Any layer whose feature and output are e3nn irreps on the last axis; O(3) acts through the irreps (so(3)
+    generators, and parity as soon as either side has an odd irrep).
+
+    Args:
+        target: the layer class, or its import path.
+        irreps_in, irreps_out: the name of the layer's attribute holding its irreps (an ``o3.Irreps`` or a string),
+            or the irreps themselves (``"8x0e+4x1o"``).
+        feature_arg: position (int) or keyword (str) of the feature argument.
+
+    Example:
+        >>> register_op(IrrepsAdapter("mypkg.layers.IrrepsDense", irreps_in="irreps_in", irreps_out="irreps_out"))
+    """
+
+    def __init__(self, target: type[nn.Module] | str, irreps_in: str = "irreps_in", irreps_out: str = "irreps_out",
+                 feature_arg: int | str = 0) -> None:
+        super().__init__(target)
+        self.irreps_in, self.irreps_out, self.feature_arg = irreps_in, irreps_out, feature_arg
+
+    def _irreps(self, module: nn.Module, spec: str) -> o3.Irreps:
+        value = getattr(module, spec, None) if spec.isidentifier() else None
+        try:
+            return o3.Irreps(value if value is not None else spec)
+        except (ValueError, AssertionError, TypeError):
+            raise TypeError(f"{self.name}: {spec!r} is neither an attribute of the layer holding its irreps nor an "
+                            f"irreps string such as '8x0e+4x1o'") from None
+
+    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+        rep_in, rep_out = _o3_reps(self._irreps(module, self.irreps_in), self._irreps(module, self.irreps_out))
+        return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
+
+
+class IrrepsLinearAdapter(IrrepsAdapter):
     """e3nn ``o3.Linear``: features ``[..., irreps_in.dim] -> [..., irreps_out.dim]``."""
 
     def __init__(self) -> None:
         super().__init__(o3.Linear)
         self.name = "e3nn.o3.Linear"
 
-    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
-        rep_in, rep_out = _o3_reps(module.irreps_in, module.irreps_out)
-        return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
 
-
-class TensorProductAdapter(_ClassAdapter):
+class TensorProductAdapter(IrrepsAdapter):
     """e3nn ``o3.TensorProduct`` (and ``FullyConnectedTensorProduct`` ...) with internal weights.
 
     The branch maps the first input ``x1`` (``irreps_in1``) to ``irreps_out``. Tensor products whose weights are
@@ -105,15 +148,11 @@ class TensorProductAdapter(_ClassAdapter):
     """
 
     def __init__(self) -> None:
-        super().__init__(o3.TensorProduct)
+        super().__init__(o3.TensorProduct, irreps_in="irreps_in1")
         self.name = "e3nn.o3.TensorProduct"
 
     def matches(self, module: nn.Module) -> bool:
         return super().matches(module) and bool(module.internal_weights) and module.weight_numel > 0
-
-    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
-        rep_in, rep_out = _o3_reps(module.irreps_in1, module.irreps_out)
-        return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
 
 
 class VectorNeuronAdapter(_ClassAdapter):
@@ -140,7 +179,7 @@ class VectorNeuronAdapter(_ClassAdapter):
         return VectorBranch(int(c_in), int(c_out), init_std, self.channel_axis, self.vector_axis)
 
 
-class ExplicitAdapter(_ClassAdapter):
+class ExplicitAdapter(_FeatureArg):
     """A user's op whose representations are given explicitly; the feature is the last axis.
 
     Args:
@@ -158,11 +197,6 @@ class ExplicitAdapter(_ClassAdapter):
         rep_in = self.rep_in(module) if callable(self.rep_in) else self.rep_in
         rep_out = self.rep_out(module) if callable(self.rep_out) else self.rep_out
         return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
-
-    def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        if isinstance(self.feature_arg, str):
-            return kwargs[self.feature_arg]
-        return args[self.feature_arg]
 
 
 _REGISTRY: list[OpAdapter] = [IrrepsLinearAdapter(), TensorProductAdapter(), VectorNeuronAdapter()]

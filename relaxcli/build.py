@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from .adapters import IrrepsAdapter, OpAdapter, VectorNeuronAdapter, registered_ops
 from .checkpoint import Checkpoint
 from .errors import RecipeError, RelaxError
 from .graph import RelaxedModel, relax
@@ -26,8 +27,8 @@ from .regularizers import Regularizer
 from .reps import default_dtype
 from .schedules import Schedule, make_schedule
 
-__all__ = ["DTYPES", "default_dtype", "build_model", "Splits", "build_data", "build_relaxed", "build_regularizer",
-           "build_schedule", "split_batch", "call_args", "call_model", "to_device", "example_batch", "resolve_device",
+__all__ = ["DTYPES", "default_dtype", "build_model", "Splits", "build_data", "build_relaxed", "build_adapters",
+           "build_regularizer", "build_schedule", "split_batch", "call_args", "call_model", "to_device", "example_batch", "resolve_device",
            "restore", "load_model"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -102,7 +103,21 @@ def build_relaxed(model: nn.Module, recipe: Recipe) -> RelaxedModel | None:
     cfg = recipe.relax
     if not cfg.enabled:
         return None
-    return relax(model, mode=cfg.mode, include=cfg.include, exclude=cfg.exclude, init_std=cfg.branch.init_std)
+    return relax(model, mode=cfg.mode, include=cfg.include, exclude=cfg.exclude, init_std=cfg.branch.init_std,
+                 adapters=build_adapters(recipe))
+
+
+def build_adapters(recipe: Recipe) -> list[OpAdapter] | None:
+    """The recipe's ``relax.ops`` as adapters, tried before the registered ones; None when there are none."""
+    ops = recipe.relax.ops
+    if not ops:
+        return None
+    mine: list[OpAdapter] = [
+        IrrepsAdapter(op.layer, op.irreps_in, op.irreps_out, op.feature_arg) if op.action == "irreps"
+        else VectorNeuronAdapter(op.layer, op.in_channels, op.out_channels, op.channel_axis, op.vector_axis)
+        for op in ops
+    ]
+    return mine + registered_ops()
 
 
 def build_regularizer(recipe: Recipe) -> Regularizer:

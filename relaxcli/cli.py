@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # tables stay whole in files and pipes
 err = Console(stderr=True, soft_wrap=True)
 _debug = False  # set by main() when --debug is on the command line
+_argv: list[str] = []  # the command line as main() got it (for `train --nproc`, which re-launches it)
 
 
 def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,19 +48,27 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except RelaxError as e:
             if _debug:
                 traceback.print_exc()
-            err.print(f"error: {e}", highlight=False, markup=False)
+            err.print(f"{_rank_prefix()}error: {e}", highlight=False, markup=False)
             raise typer.Exit(e.exit_code) from None
+        except typer.Exit:
+            raise
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
         except Exception as e:  # an error in user code or a bug: one paragraph, the traceback only with --debug
             if _debug:
                 traceback.print_exc()
-            err.print(f"error: {type(e).__name__}: {e}\n(re-run with --debug for the traceback)", highlight=False,
-                      markup=False)
+            err.print(f"{_rank_prefix()}error: {type(e).__name__}: {e}\n(re-run with --debug for the traceback)",
+                      highlight=False, markup=False)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _rank_prefix() -> str:
+    """``"rank N: "`` in the processes of a torchrun job other than rank 0 (which speaks for the job)."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank == "0" else f"rank {rank}: "
 
 
 def _fmt(x: float | None) -> str:
@@ -89,11 +100,16 @@ def train(
     = False,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress",
                                                      help="Live progress on stderr (default: on a terminal).")] = None,
+    nproc: Annotated[int, typer.Option(help="Train data-parallel in this many processes on this machine (launches "
+                                            "torchrun; one GPU each on CUDA).", min=1)] = 1,
 ) -> None:
     """Train the recipe's model (relaxed unless relax.enabled is false); validation reports the projected model."""
+    from .distributed import init_from_env
     from .recipe import dump_recipe, load_recipe
     from .trainer import Trainer
 
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(nproc)
     if resume is not None:
         if recipe is not None or overrides:
             raise RelaxError("--resume continues a run exactly as it was recorded: give only the run directory, "
@@ -101,9 +117,11 @@ def train(
         if not (resume / "recipe.yaml").is_file():
             raise RelaxError(f"{resume} is not a run directory: it has no recipe.yaml")
         rec = load_recipe(resume / "recipe.yaml")
+        dist = init_from_env(rec.trainer.device)
         trainer = Trainer(rec, resume, resume=True, progress=progress)
-        err.print(f"resuming {resume} at epoch {trainer.epoch}, step {trainer.step}", highlight=False)
-        _print_summary(_announce(trainer).fit())
+        if dist.is_main:
+            err.print(f"resuming {resume} at epoch {trainer.epoch}, step {trainer.step}", highlight=False)
+        _finish(_announce(trainer).fit())
         return
     if recipe is None:
         raise RelaxError("give a recipe, e.g. 'relax train recipes/nbody_relaxed.yaml' (see 'relax recipes'), or "
@@ -115,8 +133,18 @@ def train(
     if dry_run:
         _dry_run(rec)
         return
+    dist = init_from_env(rec.trainer.device)
+    if dist.is_main:  # rank 0 prepares the run directory; under torchrun the others learn its name from rank 0
+        run_dir = _prepare_run_dir(run_dir, runs_root, rec.name, overwrite)
+        err.print(f"run directory: {run_dir}", highlight=False)
+    run_dir = dist.broadcast(run_dir)
+    _finish(_announce(Trainer(rec, run_dir, progress=progress)).fit())
+
+
+def _prepare_run_dir(run_dir: Path | None, runs_root: Path, name: str, overwrite: bool) -> Path:
+    """A new, empty run directory: ``run_dir`` if given (emptied with ``overwrite``), else a fresh name."""
     if run_dir is None:
-        run_dir = _new_run_dir(runs_root, rec.name)
+        run_dir = _new_run_dir(runs_root, name)
     elif run_dir.is_file():
         raise RelaxError(f"--run-dir {run_dir} is a file; give a directory")
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -128,12 +156,39 @@ def train(
                              "no recipe.yaml); choose another --run-dir")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    err.print(f"run directory: {run_dir}", highlight=False)
-    _print_summary(_announce(Trainer(rec, run_dir, progress=progress)).fit())
+    return run_dir
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Re-run this very command under ``torchrun --standalone --nproc_per_node nproc``, then exit with its code."""
+    args, skip = [], False
+    for a in _argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "relaxcli", *args]
+    err.print(f"launching: {' '.join(cmd[1:])}", highlight=False)
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def _finish(summary: dict) -> None:
+    from .distributed import current
+
+    if current().is_main:
+        _print_summary(summary)
 
 
 def _announce(trainer: Any) -> Any:
     """Say on stderr how the model was relaxed (and why hooks were used, when they were)."""
+    if not trainer.dist.is_main:
+        return trainer
+    if trainer.dropped_items:
+        err.print(f"warning: the last batch of each epoch ({trainer.dropped_items} items) is smaller than the "
+                  f"{trainer.dist.world} processes and is skipped", highlight=False)
     r = trainer.relaxed
     if r is None:
         err.print("standard training (relax.enabled is false)", highlight=False)
@@ -325,7 +380,7 @@ def recipes(
 # -- entry point -------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; ``--debug`` anywhere on the command line shows tracebacks."""
-    global _debug
+    global _debug, _argv
     args = list(sys.argv[1:] if argv is None else argv)
-    _debug = "--debug" in args
+    _debug, _argv = "--debug" in args, args
     app(args=[a for a in args if a != "--debug"], prog_name="relax")

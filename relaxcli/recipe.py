@@ -204,11 +204,59 @@ class ThetaConfig:
 
 
 @dataclass
+class OpConfig:
+    """One ``relax.ops`` item: a user's equivariant layer class, and how O(3) acts on its feature and output."""
+
+    layer: str  # import path of the layer class
+    action: Literal["irreps", "vector_neurons"] = "irreps"
+    # action irreps: e3nn irreps on the last axis; an attribute name of the layer, or the irreps themselves
+    irreps_in: str = "irreps_in"
+    irreps_out: str = "irreps_out"
+    feature_arg: Annotated[int, Range(ge=0)] = 0  # position of the feature among the layer's arguments
+    # action vector_neurons: [B, C, 3, ...] features; attribute names holding the channel counts, and the axes
+    in_channels: str = "in_channels"
+    out_channels: str = "out_channels"
+    channel_axis: int = 1
+    vector_axis: int = 2
+
+    _IRREPS = ("irreps_in", "irreps_out", "feature_arg")
+    _VN = ("in_channels", "out_channels", "channel_axis", "vector_axis")
+
+    def check(self, given: Iterable[str]) -> list[tuple[str, str]]:
+        """The layer class must import and be a ``torch.nn.Module``; keys of the other action are rejected."""
+        from torch import nn
+
+        problems = []
+        cls, reason = _import_target(self.layer)
+        if reason is not None:
+            problems.append(("layer", f"cannot import {self.layer!r}: {reason}"))
+        elif not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            problems.append(("layer", f"{self.layer!r} is not a torch.nn.Module class"))
+        other = self._VN if self.action == "irreps" else self._IRREPS
+        defaults = OpConfig(self.layer)  # stored recipes hold every key, at its default where unused
+        problems += [(k, f"does not apply to action {self.action!r}") for k in given
+                     if k in other and getattr(self, k) != getattr(defaults, k)]
+        if self.action == "irreps":
+            from e3nn import o3
+
+            for key in ("irreps_in", "irreps_out"):
+                spec = getattr(self, key)
+                if not spec.isidentifier():
+                    try:
+                        o3.Irreps(spec)
+                    except (ValueError, AssertionError):
+                        problems.append((key, f"{spec!r} is neither an attribute name of the layer nor irreps "
+                                              "such as '8x0e+4x1o'"))
+        return problems
+
+
+@dataclass
 class RelaxConfig:
     enabled: bool = True
     mode: Literal["auto", "fx", "hooks"] = "auto"
     include: list[str] = field(default_factory=lambda: ["*"])  # fnmatch globs on module paths
     exclude: list[str] = field(default_factory=list)
+    ops: list[OpConfig] = field(default_factory=list)  # the user's own equivariant layers, beside the built-in ones
     branch: BranchConfig = field(default_factory=BranchConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     theta: ThetaConfig = field(default_factory=ThetaConfig)

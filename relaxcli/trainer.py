@@ -6,6 +6,9 @@ Every ``eval_every`` epochs the **projected** model (θ = 0, branches off) and t
 validation split; the best checkpoint is chosen on the projected validation metric, and the test metric is reported
 at that checkpoint. ``relax: {enabled: false}`` runs the same loop on the plain model.
 
+Under ``torchrun`` (see :mod:`relaxcli.distributed`) every process runs this loop on its share of each global batch
+with the model in ``DistributedDataParallel``; metrics are reduced over the processes, and only rank 0 writes.
+
 The run directory holds ``recipe.yaml`` (resolved, with the actual seed), ``metrics.jsonl``/``metrics.csv``,
 ``plots/*.png``, ``checkpoints/{last,best}.safetensors`` and ``summary.json``. ``last`` also holds everything needed
 to resume (optimiser, lr scheduler, θ schedule, RNG, counters); resuming re-runs the epoch that was interrupted and
@@ -28,10 +31,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .build import (DTYPES, build_data, build_model, build_regularizer, build_relaxed, build_schedule, call_model,
                     resolve_device, split_batch, to_device)
+from .distributed import GlobalBatches, current, shard, wrap
 from .checkpoint import RELAXED, Checkpoint, atomic_write, load_checkpoint, flatten_state, save_checkpoint, unflatten_state, versions
 from .errors import RelaxError
 from .metrics import MetricsLog, write_csv, write_plots
@@ -57,14 +61,17 @@ class Trainer:
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, progress: bool | None = None) -> None:
+        self.dist = current()
         if recipe.seed is None:
-            recipe.seed = random.SystemRandom().randrange(2**31)
+            recipe.seed = self.dist.broadcast(random.SystemRandom().randrange(2**31))
         self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
-        self.show_progress = sys.stderr.isatty() if progress is None else progress
+        self.show_progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         cfg = recipe.trainer
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.dtype = DTYPES[cfg.dtype]
 
         _seed_everything(recipe.seed)
@@ -75,7 +82,8 @@ class Trainer:
         self.net.to(self.device)
         self.loss_fn = instantiate(recipe.loss)
 
-        self.steps_per_epoch = math.ceil(len(self.splits.train) / cfg.batch_size)  # type: ignore[arg-type]
+        batches = self._batches(0)
+        self.steps_per_epoch, self.dropped_items = len(batches), batches.dropped
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -98,9 +106,10 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         if resume:
             self._restore(self.ckpt_dir / "last.safetensors")
-        else:
+        elif self.dist.is_main:
             atomic_write(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
-        self.log = MetricsLog(self.metrics_path)
+        self.log = MetricsLog(self.metrics_path) if self.dist.is_main else _NoLog()
+        self.train_net = wrap(self.net, self.device, self.dist)  # DistributedDataParallel under torchrun
         self._start_time = time.time()
 
     def _param_groups(self, extra: list[torch.Tensor]) -> Any:
@@ -130,22 +139,28 @@ class Trainer:
                     self._save("last", with_state=True)
                 progress.epoch_done(self)
         summary = self._test()
-        self._write_reports()
-        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self.dist.is_main:
+            self._write_reports()
+            atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self.dist.barrier()
         return summary
+
+    def _batches(self, epoch: int) -> GlobalBatches:
+        """The epoch's batches: one shuffle of the training split, this process's share of each global batch."""
+        gen = torch.Generator().manual_seed(self.recipe.seed * 100_003 + epoch)  # type: ignore[operator]
+        return GlobalBatches(len(self.splits.train), self.recipe.trainer.batch_size, gen, self.dist)  # type: ignore[arg-type]
 
     def _train_epoch(self, progress: Any) -> None:
         cfg = self.recipe.trainer
         self.net.train()
-        gen = torch.Generator().manual_seed(self.recipe.seed * 100_003 + self.epoch)  # type: ignore[operator]
-        loader = DataLoader(self.splits.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                            num_workers=cfg.num_workers)
+        batches = self._batches(self.epoch)
+        loader = DataLoader(self.splits.train, batch_sampler=batches, num_workers=cfg.num_workers)
         window: dict[str, float] = {}
         count = 0
-        for batch in loader:
+        for batch, global_size in zip(loader, batches.global_sizes):
             if self.step >= self.total_steps:
                 break
-            record = self._train_step(batch)
+            record = self._train_step(batch, global_size)
             for k, v in record.items():
                 window[k] = window.get(k, 0.0) + v
             count += 1
@@ -158,22 +173,30 @@ class Trainer:
                 progress.update(self, window["loss"] / count)
                 window, count = {}, 0
 
-    def _train_step(self, batch: Any) -> dict[str, float]:
+    def _train_step(self, batch: Any, global_size: int | None = None) -> dict[str, float]:
+        """One optimiser step on this process's part of a global batch of ``global_size`` items (default: all of
+        it). Returns the step's numbers, averaged over the processes."""
         inputs, target = to_device(split_batch(batch), self.device, self.dtype)
         relaxed, schedule, regularizer = self.relaxed, self.schedule, self.regularizer
+        # DDP averages gradients over the processes; weighting each process's mean loss by its share of the global
+        # batch makes that average the gradient of the global batch's mean loss
+        share = target.shape[0] / (global_size or target.shape[0])
         record: dict[str, float] = {}
         if relaxed is not None:
             schedule.before_step(relaxed, self.step)  # type: ignore[union-attr]
-        task = self.loss_fn(call_model(self.net, inputs), target)
-        loss = task
+        task = self.loss_fn(call_model(self.train_net, inputs), target)
+        data_loss = task
+        penalty = None
         if relaxed is not None:
             reg = regularizer(relaxed)  # type: ignore[misc]
-            loss = loss + reg.total
+            data_loss = data_loss + reg.total
             record.update(reg=float(reg.total.detach()), **reg.summary(), theta=self._theta())
             penalty = schedule.penalty(relaxed)  # type: ignore[union-attr]
-            if penalty is not None:  # ACE's Lagrangian terms
-                loss = loss + penalty
+            if penalty is not None:  # ACE's Lagrangian terms: the same on every process, not scaled
                 record["penalty"] = float(penalty.detach())
+        loss = data_loss * (share * self.dist.world) if self.dist.enabled else data_loss
+        if penalty is not None:
+            loss = loss + penalty
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.recipe.trainer.grad_clip is not None:
@@ -181,11 +204,12 @@ class Trainer:
         self.optimizer.step()
         if relaxed is not None:
             schedule.after_step(relaxed, self.step)  # type: ignore[union-attr]
-        loss_value, task_value = float(loss.detach()), float(task.detach())
-        if not math.isfinite(loss_value):
-            raise RelaxError(f"the loss became {loss_value} at step {self.step} (epoch {self.epoch + 1}); lower the "
-                             "learning rate, set trainer.grad_clip, or lower relax.theta.max")
-        return {"loss": loss_value, "task": task_value, **record}
+        loss_value = float(data_loss.detach()) + (float(penalty.detach()) if penalty is not None else 0.0)
+        record = self.dist.weighted_mean({"loss": loss_value, "task": float(task.detach()), **record}, share)
+        if not math.isfinite(record["loss"]):
+            raise RelaxError(f"the loss became {record['loss']} at step {self.step} (epoch {self.epoch + 1}); lower "
+                             "the learning rate, set trainer.grad_clip, or lower relax.theta.max")
+        return record
 
     def _theta(self) -> float:
         assert self.relaxed is not None
@@ -197,6 +221,8 @@ class Trainer:
     def evaluate(self, split: str, projected: bool = True) -> float:
         """Mean loss over a split, of the projected model (θ = 0) or of the relaxed model."""
         dataset = getattr(self.splits, split)
+        if self.dist.enabled:  # each process evaluates every world-th item; the sums are reduced below
+            dataset = Subset(dataset, shard(len(dataset), self.dist))
         cfg = self.recipe.trainer
         loader = DataLoader(dataset, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
                             num_workers=cfg.num_workers)
@@ -218,6 +244,7 @@ class Trainer:
             if self.relaxed is not None:
                 for b in self.relaxed.branches.values():
                     b.captured.clear()
+        total, n = self.dist.all_reduce_sum(torch.tensor([total, float(n)], dtype=torch.float64)).tolist()
         return total / max(n, 1)
 
     def site_stats(self) -> dict[str, dict[str, float]]:
@@ -250,6 +277,7 @@ class Trainer:
         self.last_eval = (val_projected, val_relaxed)
 
     def _test(self) -> dict[str, Any]:
+        self.dist.barrier()  # rank 0 has written the checkpoints that every process reads back
         best = self.ckpt_dir / "best.safetensors"
         ckpt = load_checkpoint(best)
         self._load_weights(ckpt)
@@ -279,6 +307,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _save(self, which: str, with_state: bool) -> None:
+        if not self.dist.is_main:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.relaxed is not None:
             tensors.update({f"branches.{k}": v for k, v in self.relaxed.branches.state_dict().items()})
@@ -310,7 +340,8 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         if not path.exists():  # killed before the first checkpoint: start again from the recorded seed
-            MetricsLog.truncate(self.metrics_path, 0)
+            if self.dist.is_main:
+                MetricsLog.truncate(self.metrics_path, 0)
             return
         ckpt = load_checkpoint(path)
         skeleton = ckpt.json("trainer_state")
@@ -328,11 +359,19 @@ class Trainer:
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.best_relaxed_val = state.get("best_relaxed_val", math.inf)  # absent in checkpoints before ACE
         self.epoch, self.step = int(ckpt.json("epoch")), int(ckpt.json("step"))
-        MetricsLog.truncate(self.metrics_path, state["metrics_lines"])
+        if self.dist.is_main:
+            MetricsLog.truncate(self.metrics_path, state["metrics_lines"])
 
     # -- display -------------------------------------------------------------------------------------------------
     def _progress(self) -> Any:
         return _Progress(self.show_progress, self.total_steps, self.recipe.name)
+
+
+class _NoLog:
+    """The metrics log of a process other than rank 0: records are reduced, then dropped."""
+
+    def append(self, record: Any) -> None:
+        pass
 
 
 class _Progress:
