@@ -17,6 +17,7 @@ equivariant model of the user's own class:
 from .adapters import (
     ExplicitAdapter,
     IrrepsLinearAdapter,
+    IrrepsAdapter,
     OpAdapter,
     TensorProductAdapter,
     VectorNeuronAdapter,
@@ -28,6 +29,7 @@ from .branches import Branch, DenseBranch, VectorBranch
 from .build import load_model
 from .errors import EquivarianceError, RecipeError, RelaxError
 from .graph import RelaxedModel, Site, relax
+from .program import export_program, load_program
 from .projection import project
 from .regularizers import Regularization, Regularizer, SiteTerms, site_terms
 from .reps import Rep
@@ -37,9 +39,9 @@ from .vn import VNLinear
 __version__ = "0.1.0"
 
 __all__ = [
-    "relax", "project", "load_model", "RelaxedModel", "Site",
+    "relax", "project", "load_model", "RelaxedModel", "Site", "export_program", "load_program",
     "Rep", "Branch", "DenseBranch", "VectorBranch", "VNLinear",
-    "OpAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter", "ExplicitAdapter",
+    "OpAdapter", "IrrepsAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter", "ExplicitAdapter",
     "register_op", "registered_ops", "find_adapter",
     "Regularizer", "Regularization", "SiteTerms", "site_terms",
     "Schedule", "ThetaSchedule", "Ace", "AceElastic", "SCHEDULES", "make_schedule",

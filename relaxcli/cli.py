@@ -288,8 +288,9 @@ def project(
     """Strip the branches, verify equivariance, write the user's state_dict (exactly its keys) as safetensors."""
     from .projection import project_checkpoint
 
-    path, report = project_checkpoint(checkpoint, output, tolerance=tolerance, trials=trials, samples=samples,
-                                      verify=not skip_verify, overwrite=overwrite, keep_gamma=keep_gamma)
+    path, report, program = project_checkpoint(checkpoint, output, tolerance=tolerance, trials=trials,
+                                               samples=samples, verify=not skip_verify, overwrite=overwrite,
+                                               keep_gamma=keep_gamma)
     if report is None:
         err.print("warning: equivariance was not verified (--skip-verify)", highlight=False)
     elif keep_gamma:
@@ -299,6 +300,24 @@ def project(
         out.print(f"projected model is equivariant: relative error {report.relative:.2e} "
                   f"(absolute {report.absolute:.2e})", highlight=False)
     out.print(f"wrote {path}", highlight=False)
+    if program is not None:
+        out.print(f"wrote {program} (the projected torch.export program)", highlight=False)
+
+
+# -- export ------------------------------------------------------------------------------------------------------
+@app.command()
+@_user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A projected checkpoint written by 'relax project'.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .pt2 file.")] = None,
+    samples: Annotated[int, typer.Option(help="Validation samples used to trace and to check the program.")] = 16,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Write a projected checkpoint as a torch.export program (.pt2) with a symbolic batch dimension."""
+    from .projection import export_checkpoint_file
+
+    path = export_checkpoint_file(checkpoint, output, samples=samples, overwrite=overwrite)
+    out.print(f"wrote {path} (checked: it reproduces the model on {samples} validation samples)", highlight=False)
 
 
 # -- inspect -----------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .adapters import OpAdapter, find_adapter
 from .branches import Branch
 from .errors import RelaxError
 
-__all__ = ["Site", "RelaxedModel", "relax"]
+__all__ = ["Site", "RelaxedModel", "relax", "find_sites"]
 
 Mode = Literal["auto", "fx", "hooks"]
 
@@ -216,8 +216,9 @@ def _hook(site: Site) -> Any:
     return hook
 
 
-def _find_sites(model: nn.Module, include: Sequence[str], exclude: Sequence[str],
-                adapters: list[OpAdapter] | None) -> list[tuple[str, nn.Module, OpAdapter]]:
+def find_sites(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
+               adapters: list[OpAdapter] | None = None) -> list[tuple[str, nn.Module, OpAdapter]]:
+    """``(path, module, adapter)`` of each op of ``model`` that :func:`relax` would relax."""
     found: list[tuple[str, nn.Module, OpAdapter]] = []
     for path, module in model.named_modules():
         if not path or any(path.startswith(p + ".") for p, _, _ in found):
@@ -253,7 +254,8 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
         mode: ``"fx"`` (trace; fail if impossible), ``"hooks"`` (forward hooks), or ``"auto"`` (fx, else hooks).
         include, exclude: ``fnmatch`` globs on module paths selecting the sites.
         init_std: the branch weights start as ``N(0, init_std²)``; 0 starts exactly at the equivariant model.
-        adapters: the op adapters to use (default: the registry, see :func:`relaxcli.register_op`).
+        adapters: the op adapters to use (default: the registry, see :func:`relaxcli.register_op`). A module from
+            :func:`relaxcli.load_program` brings its own (the sites recorded in the ``.pt2``), tried first.
 
     Returns:
         a :class:`RelaxedModel`; θ starts at 0.
@@ -264,7 +266,12 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
     """
     if mode not in ("auto", "fx", "hooks"):
         raise ValueError(f"mode must be 'auto', 'fx' or 'hooks', got {mode!r}")
-    found = _find_sites(model, include, exclude, adapters)
+    from .program import program_adapters
+
+    program = program_adapters(model)  # a torch.export program: the sites it records, attached with hooks
+    if program is not None:
+        adapters, mode = program + (adapters or []), "hooks"
+    found = find_sites(model, include, exclude, adapters)
     if not found:
         raise RelaxError(
             f"no equivariant linear op to relax in {type(model).__name__} (include={list(include)}, "
@@ -277,7 +284,8 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
         for s in sites:
             s.branch.to(device=ref.device, dtype=ref.dtype)
     if mode == "hooks":
-        return RelaxedModel(model, sites, "hooks", fallback_reason="hooks requested")
+        reason = "a torch.export program" if program is not None else "hooks requested"
+        return RelaxedModel(model, sites, "hooks", fallback_reason=reason)
     try:
         graph = _trace(model, sites)
     except Exception as e:  # fx raises many kinds of errors for untraceable code

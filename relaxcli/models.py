@@ -23,11 +23,13 @@ __all__ = ["SEGNN", "fully_connected_edges"]
 
 def fully_connected_edges(num_systems: int, num_nodes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Source and destination node indices of all directed edges i != j within each system (flattened nodes)."""
-    idx = torch.arange(num_nodes, device=device)
-    src, dst = idx.repeat_interleave(num_nodes), idx.repeat(num_nodes)
-    keep = src != dst
+    # src-major, destinations in increasing order, without a boolean mask (so torch.export can keep the batch
+    # dimension symbolic): for source i the k-th destination is k, or k + 1 once k reaches i
+    src = torch.arange(num_nodes, device=device).repeat_interleave(num_nodes - 1)
+    k = torch.arange(num_nodes - 1, device=device).repeat(num_nodes)
+    dst = k + (k >= src).to(k.dtype)
     offset = (torch.arange(num_systems, device=device) * num_nodes)[:, None]
-    return (src[keep][None] + offset).reshape(-1), (dst[keep][None] + offset).reshape(-1)
+    return (src[None] + offset).reshape(-1), (dst[None] + offset).reshape(-1)
 
 
 class _GatedTP(nn.Module):

@@ -22,7 +22,8 @@ from .graph import RelaxedModel
 from .recipe import Recipe
 from .testing import EquivarianceReport, equivariance_error
 
-__all__ = ["project", "verify_equivariant", "project_checkpoint", "symmetry_args", "example_inputs"]
+__all__ = ["project", "verify_equivariant", "project_checkpoint", "symmetry_args", "example_inputs",
+           "export_checkpoint_file"]
 
 
 def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_in: Sequence[Any], irreps_out: Any,
@@ -91,8 +92,9 @@ def default_tolerance(recipe: Recipe) -> float:
 
 def project_checkpoint(path: str | Path, out: str | Path | None = None, *, tolerance: float | None = None,
                        trials: int = 3, samples: int = 16, verify: bool = True, overwrite: bool = False,
-                       keep_gamma: bool = False) -> tuple[Path, EquivarianceReport | None]:
+                       keep_gamma: bool = False) -> tuple[Path, EquivarianceReport | None, Path | None]:
     """``relax project``: strip the branches of a relaxed checkpoint, verify, and write the user's state_dict.
+    Returns the output path, the equivariance report, and the projected ``.pt2`` when the model is a program.
 
     The output holds exactly the keys of the user's ``state_dict()`` (``load_state_dict(strict=True)`` works) and
     metadata naming the model component, its arguments and the recipe. Nothing is written if the check fails.
@@ -102,7 +104,7 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
     :func:`relaxcli.load_model` rebuilds); its equivariance error is measured and reported, not enforced.
     """
     ckpt = load_checkpoint(path)
-    if ckpt.kind == PROJECTED:
+    if ckpt.kind == "projected":
         raise RelaxError(f"{ckpt.path} is already a projected checkpoint; 'relax inspect' it instead")
     suffix = ".relaxed.safetensors" if keep_gamma else ".projected.safetensors"
     out_path = Path(out) if out is not None else ckpt.path.with_name(ckpt.path.stem + suffix)
@@ -111,8 +113,13 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
     if out_path.resolve() == ckpt.path.resolve():
         raise RelaxError(f"-o {out_path} is the checkpoint being read; choose another output path")
     if keep_gamma:
-        return _export_relaxed(ckpt, out_path, trials, samples, verify)
-    recipe, model, _ = restore(ckpt)  # the branches are not attached: this is the projected model
+        return (*_export_relaxed(ckpt, out_path, trials, samples, verify), None)
+    recipe, model, relaxed = restore(ckpt)
+    if relaxed is not None:  # in hooks mode the branches sit on the user's modules: take them off
+        model = relaxed.strip()
+    is_program = getattr(model, "relax_program", None) is not None
+    if is_program and program_path(out_path).exists() and not overwrite:
+        raise RelaxError(f"{program_path(out_path)} already exists; pass -o with another path, or --overwrite")
     model.eval()
     report = None
     tol = default_tolerance(recipe) if tolerance is None else tolerance
@@ -126,7 +133,32 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
             "equivariance": None if report is None else {"relative": report.relative, "absolute": report.absolute,
                                                          "tolerance": tol, "cases": report.cases}}
     save_checkpoint(out_path, dict(model.state_dict()), meta)
-    return out_path, report
+    program = None
+    if is_program:  # a .pt2 model: the projected program as well
+        program = write_verified_program(model, example_inputs(recipe, samples), program_path(out_path))
+    return out_path, report, program
+
+
+def program_path(out: Path) -> Path:
+    """``x.projected.safetensors`` -> ``x.projected.pt2``."""
+    return out.with_name(out.name.removesuffix(".safetensors") + ".pt2")
+
+
+def write_verified_program(model: nn.Module, inputs: Any, out: Path) -> Path:
+    """Write ``model`` as a ``.pt2`` (see :func:`relaxcli.program.export_checkpoint`) and check that the program
+    read back computes what ``model`` computes."""
+    from .program import export_checkpoint
+
+    args = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
+    model.eval()
+    export_checkpoint(model, args, out)
+    with torch.no_grad():
+        want, got = model(*args), torch.export.load(out).module()(*args)
+    if not torch.allclose(want, got, rtol=1e-5, atol=1e-6):
+        out.unlink()
+        raise RelaxError(f"the exported program {out} does not reproduce the model (max difference "
+                         f"{float((want - got).abs().max()):.3e}); it was not kept")
+    return out
 
 
 def _export_relaxed(ckpt: Checkpoint, out_path: Path, trials: int, samples: int,
@@ -150,3 +182,17 @@ def _export_relaxed(ckpt: Checkpoint, out_path: Path, trials: int, samples: int,
                                                          "cases": report.cases}}
     save_checkpoint(out_path, tensors, meta)
     return out_path, report
+
+
+def export_checkpoint_file(path: str | Path, out: str | Path | None = None, samples: int = 16,
+                           overwrite: bool = False) -> Path:
+    """``relax export``: a projected checkpoint as a ``torch.export`` program (``.pt2``), checked against the model."""
+    ckpt = load_checkpoint(path)
+    if ckpt.kind != "projected":
+        raise RelaxError(f"{ckpt.path} is a relaxed checkpoint; project it first ('relax project {ckpt.path}') and "
+                         "export the projected checkpoint that writes")
+    out_path = Path(out) if out is not None else program_path(ckpt.path)
+    if out_path.exists() and not overwrite:
+        raise RelaxError(f"{out_path} already exists; pass -o with another path, or --overwrite to replace it")
+    recipe, model, _ = restore(ckpt)
+    return write_verified_program(model, example_inputs(recipe, samples), out_path)

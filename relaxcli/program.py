@@ -1,0 +1,187 @@
+"""Models held as files: ``torch.export`` programs (``.pt2``), relaxed and trained without the model's source.
+
+:func:`export_program` exports a model once (where its source is at hand) with a symbolic batch dimension, and
+records inside the ``.pt2`` the known equivariant ops it contains and how O(3) acts on each. A recipe then names the
+file instead of a class::
+
+    model: {_component_: relaxcli.program.load_program, path: model.pt2}
+
+:func:`load_program` rebuilds a trainable module from it with ``torch.export.unflatten`` (the submodule tree and the
+parameter names of the original model); the graph pass finds the recorded ops by path and attaches the branches with
+forward hooks; ``relax project`` writes the projected weights both as safetensors (the original parameter names) and
+as a new ``.pt2`` (:func:`write_program`: the same program with the projected weights); ``relax export`` writes a
+``.pt2`` of any projected checkpoint (:func:`export_checkpoint`).
+
+Example:
+    >>> export_program(SEGNN(), (pos, vel, charges), "segnn.pt2")     # once, with the source
+    $ relax train recipe.yaml                                          # model: relaxcli.program.load_program
+    $ relax project runs/.../best.safetensors                          # -> best.projected.safetensors and .pt2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import IrrepsAdapter, OpAdapter, VectorNeuronAdapter
+from .branches import Branch, VectorBranch
+from .errors import RelaxError
+from .graph import find_sites
+
+__all__ = ["export_program", "load_program", "program_adapters", "write_program", "export_checkpoint"]
+
+SITES_FILE = "relaxcli_sites.json"  # the recorded sites, an extra file inside the .pt2 archive
+
+
+def _action(path: str, module: nn.Module, adapter: OpAdapter) -> dict[str, Any]:
+    """How the group acts on one site, as plain data (what :class:`ProgramSiteAdapter` needs to rebuild it)."""
+    if isinstance(adapter, IrrepsAdapter):
+        return {"action": "irreps", "irreps_in": str(adapter._irreps(module, adapter.irreps_in)),
+                "irreps_out": str(adapter._irreps(module, adapter.irreps_out))}
+    if isinstance(adapter, VectorNeuronAdapter):
+        b = adapter.make_branch(module, 0.0)
+        assert isinstance(b, VectorBranch)
+        return {"action": "vector_neurons", "in_channels": b.channels_in, "out_channels": b.channels_out,
+                "channel_axis": b.channel_axis, "vector_axis": b.vector_axis}
+    raise RelaxError(f"site {path} ({adapter.name}) has a representation given as matrices, which a .pt2 file "
+                     "cannot record; exclude it or give it as e3nn irreps (relaxcli.IrrepsAdapter)")
+
+
+def export_program(model: nn.Module, example_inputs: tuple[Any, ...], path: str | os.PathLike,
+                   batch_dim: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export`` ``model`` into ``path`` (``.pt2``) with its relaxable sites recorded.
+
+    Args:
+        model: the user's model (its source is needed here, and never again).
+        example_inputs: positional inputs for tracing.
+        path: the output file.
+        batch_dim: keep dimension 0 of every tensor input symbolic, so the program takes any batch size.
+    """
+    sites = [{"path": p, "op": a.name, **_action(p, m, a)} for p, m, a in find_sites(model)]
+    dynamic = None
+    if batch_dim:
+        batch = torch.export.Dim("batch")
+        dynamic = tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic)
+    finally:
+        model.train(was_training)
+    torch.export.save(program, path, extra_files={SITES_FILE: json.dumps(sites)})
+    return program
+
+
+def _load(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, list[dict[str, Any]]]:
+    extra = {SITES_FILE: ""}
+    try:
+        with warnings.catch_warnings():  # torch's own unpickling of tree specs warns about its internals
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.export.load(path, extra_files=extra)
+    except FileNotFoundError:
+        raise RelaxError(f"program file {path} does not exist") from None
+    except Exception as e:
+        raise RelaxError(f"{path} is not a readable torch.export program ({type(e).__name__}: {e})") from None
+    sites = json.loads(extra[SITES_FILE]) if extra[SITES_FILE] else []
+    return program, sites
+
+
+def load_program(path: str) -> nn.Module:
+    """A trainable module from a ``.pt2`` file: the program unflattened into the original submodule tree.
+
+    The recorded sites (see :func:`export_program`) travel with the module as ``module.relax_program``. A program
+    exported with plain ``torch.export`` loads too, but has no recorded sites to relax.
+    """
+    program, sites = _load(path)
+    module = torch.export.unflatten(program)
+    module.relax_program = {"path": str(path), "sites": sites}  # type: ignore[assignment]
+    return module
+
+
+class ProgramSiteAdapter(OpAdapter):
+    """One recorded site of a program: matched by identity, its representations from the recorded action."""
+
+    def __init__(self, module: nn.Module, spec: dict[str, Any]) -> None:
+        self.module, self.spec = module, spec
+        self.name = f"{spec['op']} (program)"
+
+    def matches(self, module: nn.Module) -> bool:
+        return module is self.module
+
+    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+        s = self.spec
+        if s["action"] == "irreps":
+            return IrrepsAdapter(type(module), s["irreps_in"], s["irreps_out"]).make_branch(module, init_std)
+        return VectorBranch(s["in_channels"], s["out_channels"], init_std, s["channel_axis"], s["vector_axis"])
+
+    def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        """An unflattened submodule takes its tensor inputs in the order the program uses them, so the feature is
+        found by shape: the one input whose feature axis has the site's input size."""
+        s = self.spec
+        if s["action"] == "irreps":
+            from e3nn import o3
+
+            dim = o3.Irreps(s["irreps_in"]).dim
+            fits = [a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[-1] == dim]
+        else:
+            fits = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > max(s["channel_axis"], s["vector_axis"])
+                    and a.shape[s["channel_axis"]] == s["in_channels"] and a.shape[s["vector_axis"]] == 3]
+        if len(fits) != 1:
+            shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            raise RelaxError(f"program site {s['path']}: cannot tell its feature among inputs of shapes {shapes} "
+                             f"({len(fits)} fit {s['action']} {s.get('irreps_in', s.get('in_channels'))})")
+        return fits[0]
+
+
+    def add(self, output: Any, branch_output: torch.Tensor) -> Any:
+        """An unflattened submodule may also return symbolic sizes beside its tensor: the branch joins the one
+        output of the branch's shape."""
+        if isinstance(output, torch.Tensor):
+            return output + branch_output
+        hits = [i for i, o in enumerate(output) if isinstance(o, torch.Tensor) and o.shape == branch_output.shape]
+        if len(hits) != 1:
+            raise RelaxError(f"program site {self.spec['path']}: cannot tell its output among {len(output)} values "
+                             f"({len(hits)} have the branch's shape {tuple(branch_output.shape)})")
+        joined = list(output)
+        joined[hits[0]] = joined[hits[0]] + branch_output
+        return type(output)(joined) if not isinstance(output, list) else joined
+
+
+def program_adapters(model: nn.Module) -> list[OpAdapter] | None:
+    """The adapters of a module made by :func:`load_program` (None for any other module)."""
+    info = getattr(model, "relax_program", None)
+    if info is None:
+        return None
+    if not info["sites"]:
+        raise RelaxError(f"{info['path']} records no relaxable sites: export it with relaxcli.export_program "
+                         "(which records them), not plain torch.export")
+    return [ProgramSiteAdapter(model.get_submodule(s["path"]), s) for s in info["sites"]]
+
+
+def write_program(source: str | os.PathLike, state: dict[str, torch.Tensor], out: str | os.PathLike) -> Path:
+    """The program of ``source`` with the weights ``state`` (the original parameter names), saved to ``out``."""
+    program, sites = _load(source)
+    params = program.state_dict
+    if set(params) != set(state):
+        raise RelaxError(f"the weights do not fit {source}: missing {sorted(set(params) - set(state))[:5]}, "
+                         f"unexpected {sorted(set(state) - set(params))[:5]}")
+    with torch.no_grad():
+        for k, v in params.items():
+            v.copy_(state[k])
+    torch.export.save(program, out, extra_files={SITES_FILE: json.dumps(sites)})
+    return Path(out)
+
+
+def export_checkpoint(model: nn.Module, example_inputs: tuple[Any, ...], out: str | os.PathLike) -> Path:
+    """``relax export``: a projected model as a ``.pt2`` (its program's own graph when it came from one)."""
+    info = getattr(model, "relax_program", None)
+    if info is not None:
+        return write_program(info["path"], model.state_dict(), out)
+    export_program(model, example_inputs, out)
+    return Path(out)
