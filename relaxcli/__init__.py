@@ -41,7 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "relax", "project", "load_model", "RelaxedModel", "Site", "export_program", "load_program",
     "Rep", "Branch", "DenseBranch", "VectorBranch", "VNLinear",
-    "OpAdapter", "IrrepsAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter", "ExplicitAdapter",
+    "OpAdapter", "IrrepsAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter",
+    "ExplicitAdapter",
     "register_op", "registered_ops", "find_adapter",
     "Regularizer", "Regularization", "SiteTerms", "site_terms",
     "Schedule", "ThetaSchedule", "Ace", "AceElastic", "SCHEDULES", "make_schedule",

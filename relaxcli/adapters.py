@@ -34,7 +34,8 @@ from .reps import Rep
 from .vn import VNLinear
 
 __all__ = [
-    "OpAdapter", "IrrepsAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter", "ExplicitAdapter",
+    "OpAdapter", "IrrepsAdapter", "IrrepsLinearAdapter", "TensorProductAdapter", "VectorNeuronAdapter",
+    "ExplicitAdapter",
     "register_op", "registered_ops", "find_adapter",
 ]
 

@@ -28,8 +28,8 @@ from .reps import default_dtype
 from .schedules import Schedule, make_schedule
 
 __all__ = ["DTYPES", "default_dtype", "build_model", "Splits", "build_data", "build_relaxed", "build_adapters",
-           "build_regularizer", "build_schedule", "split_batch", "call_args", "call_model", "to_device", "example_batch", "resolve_device",
-           "restore", "load_model"]
+           "build_regularizer", "build_schedule", "split_batch", "call_args", "call_model", "to_device", "example_batch",
+           "resolve_device", "restore", "load_model"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

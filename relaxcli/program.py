@@ -130,7 +130,8 @@ class ProgramSiteAdapter(OpAdapter):
             dim = o3.Irreps(s["irreps_in"]).dim
             fits = [a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[-1] == dim]
         else:
-            fits = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > max(s["channel_axis"], s["vector_axis"])
+            axes = max(s["channel_axis"], s["vector_axis"])
+            fits = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > axes
                     and a.shape[s["channel_axis"]] == s["in_channels"] and a.shape[s["vector_axis"]] == 3]
         if len(fits) != 1:
             shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]

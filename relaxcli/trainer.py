@@ -148,7 +148,8 @@ class Trainer:
     def _batches(self, epoch: int) -> GlobalBatches:
         """The epoch's batches: one shuffle of the training split, this process's share of each global batch."""
         gen = torch.Generator().manual_seed(self.recipe.seed * 100_003 + epoch)  # type: ignore[operator]
-        return GlobalBatches(len(self.splits.train), self.recipe.trainer.batch_size, gen, self.dist)  # type: ignore[arg-type]
+        n = len(self.splits.train)  # type: ignore[arg-type]
+        return GlobalBatches(n, self.recipe.trainer.batch_size, gen, self.dist)
 
     def _train_epoch(self, progress: Any) -> None:
         cfg = self.recipe.trainer

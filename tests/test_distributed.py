@@ -77,7 +77,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path: Path) -> None:
     assert_same_run(tmp_path / "single", tmp_path / "ddp")
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("single", "ddp"))
     assert b["test_relaxed_kept"] == pytest.approx(a["test_relaxed_kept"], rel=1e-9)
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+    listing = lambda d: sorted(p.name for p in (tmp_path / d).iterdir())  # noqa: E731
+    assert listing("ddp") == listing("single")
 
 
 def test_nproc_kill_minus_nine_and_resume(tmp_path: Path) -> None:
