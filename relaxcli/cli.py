@@ -121,7 +121,7 @@ def train(
         trainer = Trainer(rec, resume, resume=True, progress=progress)
         if dist.is_main:
             err.print(f"resuming {resume} at epoch {trainer.epoch}, step {trainer.step}", highlight=False)
-        _finish(_announce(trainer).fit())
+        _finish(_announce(trainer))
         return
     if recipe is None:
         raise RelaxError("give a recipe, e.g. 'relax train recipes/nbody_relaxed.yaml' (see 'relax recipes'), or "
@@ -138,7 +138,7 @@ def train(
         run_dir = _prepare_run_dir(run_dir, runs_root, rec.name, overwrite)
         err.print(f"run directory: {run_dir}", highlight=False)
     run_dir = dist.broadcast(run_dir)
-    _finish(_announce(Trainer(rec, run_dir, progress=progress)).fit())
+    _finish(_announce(Trainer(rec, run_dir, progress=progress)))
 
 
 def _prepare_run_dir(run_dir: Path | None, runs_root: Path, name: str, overwrite: bool) -> Path:
@@ -175,10 +175,10 @@ def _launch_torchrun(nproc: int) -> None:
     raise typer.Exit(subprocess.call(cmd))
 
 
-def _finish(summary: dict) -> None:
-    from .distributed import current
-
-    if current().is_main:
+def _finish(trainer: Any) -> None:
+    """Train to the end; rank 0 prints the summary."""
+    summary = trainer.fit()
+    if trainer.dist.is_main:
         _print_summary(summary)
 
 

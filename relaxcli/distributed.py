@@ -25,7 +25,7 @@ import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import Sampler
 
-__all__ = ["Dist", "init_from_env", "current", "GlobalBatches", "wrap"]
+__all__ = ["Dist", "init_from_env", "current", "GlobalBatches", "shard", "wrap"]
 
 
 @dataclass(frozen=True)

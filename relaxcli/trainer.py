@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Subset
 
 from .build import (DTYPES, build_data, build_model, build_regularizer, build_relaxed, build_schedule, call_model,
                     resolve_device, split_batch, to_device)
-from .distributed import GlobalBatches, current, shard, wrap
 from .checkpoint import RELAXED, Checkpoint, atomic_write, load_checkpoint, flatten_state, save_checkpoint, unflatten_state, versions
+from .distributed import GlobalBatches, current, shard, wrap
 from .errors import RelaxError
 from .metrics import MetricsLog, write_csv, write_plots
 from .recipe import Recipe, dump_recipe, instantiate
