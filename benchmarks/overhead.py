@@ -18,6 +18,8 @@ Models:
 
 - ``nbody``: ``relaxcli.models.SEGNN`` (4 layers) on a batch of 100 five-particle systems, widths 16 and 32
   (``16x0e+16x1o``, ``32x0e+32x1o``); MSE loss.
+- ``grid``: ``relaxcli.models.SteerableCNN`` (escnn, C4, 8 regular fields, three 5x5 ``R2Conv``; relaxed through
+  forward hooks) on 16 Allen-Cahn fields of 32x32; MSE loss. Needs the escnn extra.
 - ``vn``: a small Vector-Neuron PointNet: VNLinear + VN-LeakyReLU blocks of 64 channels on ``[32, 1, 3, 512]``
   points, mean pooling over points, rotation-invariant inner products, a plain ``nn.Linear`` classifier;
   cross-entropy on random labels.
@@ -41,7 +43,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -141,6 +143,21 @@ def vn_case(device: torch.device, seed: int) -> Case:
         labels.to(device),
         nn.functional.cross_entropy,
         {"channels": 64, "blocks": 3, "batch": "32 clouds x 512 points"},
+    )
+
+
+def grid_case(device: torch.device, seed: int) -> Case:
+    from relaxcli.data import AllenCahnData
+    from relaxcli.models import SteerableCNN
+
+    data = AllenCahnData(train=16, val=1, test=1, size=32, seed=seed)
+    return Case(
+        "grid-c4",
+        lambda: SteerableCNN(group="C", n=4, channels=8, num_layers=3, kernel_size=5),
+        (data.train.inputs.to(device),),
+        data.train.targets.to(device),
+        nn.functional.mse_loss,
+        {"model": "SteerableCNN C4, 8 regular fields, 3 R2Conv 5x5", "batch": "16 fields x 32 x 32"},
     )
 
 
@@ -313,7 +330,8 @@ def cpu_model() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["nbody", "vn", "all"], default="all")
+    p.add_argument("--model", choices=["nbody", "vn", "grid", "all"], default="all",
+                   help="all: nbody and vn; grid (escnn C4 steerable CNN) needs the escnn extra")
     p.add_argument("--widths", type=int, nargs="+", default=[16, 32], help="N-body hidden widths (default 16 32)")
     p.add_argument("--steps", type=int, default=100, help="measured steps per variant (default 100)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default max(3, steps/10))")
@@ -352,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cases += [nbody_case(w, device, args.seed) for w in args.widths]
     if args.model in ("vn", "all"):
         cases.append(vn_case(device, args.seed))
+    if args.model == "grid":
+        cases.append(grid_case(device, args.seed))
 
     header = {
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["overhead.py", *argv]),

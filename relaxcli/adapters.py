@@ -9,8 +9,9 @@ An adapter answers four questions about a module:
 - ``add(output, branch_output)``: how the branch output joins the op's output.
 
 Built in: e3nn ``o3.Linear``, e3nn tensor products with internal weights (the branch acts on the first input, as in
-the relaxation paper's SEGNN), and Vector-Neuron linears (the shipped :class:`relaxcli.VNLinear` or any VN-style
-class). Users add their own with :func:`register_op`, or without Python through ``relax.ops`` in a recipe:
+the relaxation paper's SEGNN), Vector-Neuron linears (the shipped :class:`relaxcli.VNLinear` or any VN-style
+class), and escnn ``R2Conv`` / ``Linear`` over C_n and D_n (:mod:`relaxcli.steerable`). Users add their own with
+:func:`register_op`, or without Python through ``relax.ops`` in a recipe:
 :class:`IrrepsAdapter` for any layer on e3nn irreps features, :class:`VectorNeuronAdapter` for VN-style layers,
 :class:`ExplicitAdapter` for representations given as matrices.
 
@@ -200,7 +201,14 @@ class ExplicitAdapter(_FeatureArg):
         return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
 
 
-_REGISTRY: list[OpAdapter] = [IrrepsLinearAdapter(), TensorProductAdapter(), VectorNeuronAdapter()]
+def _builtin() -> list[OpAdapter]:
+    from .steerable import EscnnConvAdapter, EscnnLinearAdapter  # match by class name: escnn is not imported
+
+    return [IrrepsLinearAdapter(), TensorProductAdapter(), VectorNeuronAdapter(), EscnnConvAdapter(),
+            EscnnLinearAdapter()]
+
+
+_REGISTRY: list[OpAdapter] = _builtin()
 
 
 def register_op(adapter: OpAdapter) -> OpAdapter:

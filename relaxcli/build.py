@@ -28,10 +28,33 @@ from .reps import default_dtype
 from .schedules import Schedule, make_schedule
 
 __all__ = ["DTYPES", "default_dtype", "build_model", "Splits", "build_data", "build_relaxed", "build_adapters",
-           "build_regularizer", "build_schedule", "split_batch", "call_args", "call_model", "to_device", "example_batch",
-           "resolve_device", "restore", "load_model"]
+           "build_regularizer", "build_schedule", "split_batch", "call_args", "call_model", "to_device",
+           "example_batch", "resolve_device", "restore", "load_model", "user_state", "load_user_state"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def user_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` as relax saves and compares it: taken in eval mode. escnn layers keep their expanded
+    ``filter``/``expanded_bias`` only in eval mode (train mode drops them, so the keys differ); a freshly built model
+    has the eval-mode keys as well. For other models the mode changes nothing."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model.state_dict()
+    finally:
+        model.train(was_training)
+
+
+def load_user_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict(strict=True)`` in eval mode (see :func:`user_state`); the mode is restored afterwards, which
+    for escnn re-expands the filters from the loaded weights."""
+    was_training = model.training
+    model.eval()
+    try:
+        model.load_state_dict(state, strict=True)
+    finally:
+        model.train(was_training)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,7 +73,7 @@ def load_weights(model: nn.Module, path: str, what: str) -> None:
         raise RelaxError(f"{what}: weights file {path} does not exist") from None
     except Exception as e:
         raise RelaxError(f"{what}: {path} is not a readable safetensors file ({e})") from None
-    expected = model.state_dict()
+    expected = user_state(model)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -58,7 +81,7 @@ def load_weights(model: nn.Module, path: str, what: str) -> None:
                          f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
                          f"{'...' if len(unexpected) > 5 else ''}")
     try:
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+        load_user_state(model, {k: v.to(expected[k].dtype) for k, v in state.items()})
     except RuntimeError as e:
         raise RelaxError(f"{what}: {path} does not fit {type(model).__name__}: {str(e).splitlines()[0]}") from None
 
@@ -182,11 +205,11 @@ def restore(ckpt: Checkpoint) -> tuple[Recipe, nn.Module, RelaxedModel | None]:
     recipe.model.weights = None  # the checkpoint's own weights replace the initial ones
     model = build_model(recipe)
     state = ckpt.model_state()
-    expected = model.state_dict()
+    expected = user_state(model)
     if set(state) != set(expected):
-        raise RelaxError(f"{ckpt.path} does not match {recipe.model.target}: missing "
-                         f"{sorted(set(expected) - set(state))[:5]}, unexpected {sorted(set(state) - set(expected))[:5]}")
-    model.load_state_dict(state, strict=True)
+        missing, unexpected = sorted(set(expected) - set(state))[:5], sorted(set(state) - set(expected))[:5]
+        raise RelaxError(f"{ckpt.path} does not match {recipe.model.target}: missing {missing}, unexpected {unexpected}")
+    load_user_state(model, state)
     relaxed = None
     if ckpt.kind == "relaxed" and ckpt.branch_state():
         relaxed = build_relaxed(model, recipe)

@@ -211,11 +211,18 @@ def _announce(trainer: Any) -> Any:
 
 
 def _print_summary(s: dict) -> None:
+    from .trainer import EVAL_METRICS
+
     kind = "relaxed" if s["relaxed"] else "standard"
     out.print(f"{s['name']} ({kind} training, seed {s['seed']}): best epoch {s['best_epoch']}, "
               f"val (projected) {_fmt(s['val_projected'])}, test (projected) {_fmt(s['test_projected'])}"
               + (f", test (relaxed) {_fmt(s['test_relaxed'])}" if s["test_relaxed"] is not None else ""),
               highlight=False)
+    for name in EVAL_METRICS:
+        if s.get(f"test_projected_{name}") is not None:
+            relaxed = s.get(f"test_relaxed_{name}")
+            out.print(f"test {name} (projected) {_fmt(s[f'test_projected_{name}'])}"
+                      + (f", (relaxed) {_fmt(relaxed)}" if relaxed is not None else ""), highlight=False)
     if "best_relaxed_checkpoint" in s:
         out.print(f"relaxed model with γ kept: best epoch {s['best_relaxed_epoch']}, val {_fmt(s['val_relaxed'])}, "
                   f"test {_fmt(s['test_relaxed_kept'])}", highlight=False)

@@ -292,6 +292,7 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
         if mode == "fx":
             raise RelaxError(f"torch.fx cannot trace {type(model).__name__}: {e}. Use mode 'hooks' (or 'auto').") \
                 from None
-        reason = f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {str(e).splitlines()[0]})"
+        first_line = (str(e).splitlines() or ["no message"])[0]  # e.g. escnn's bare asserts on GeometricTensor
+        reason = f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {first_line})"
         return RelaxedModel(model, sites, "hooks", fallback_reason=reason)
     return RelaxedModel(model, sites, "fx", graph=graph)

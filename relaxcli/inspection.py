@@ -127,7 +127,7 @@ def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> Ins
     if recipe.symmetry is None:
         report.notes.append("the recipe has no 'symmetry' section: whole-model equivariance was not measured")
         return report
-    args, kw = symmetry_args(recipe, inputs)
+    args, kw = symmetry_args(recipe, inputs, model)
     model.eval()
     if relaxed is not None:
         thetas = sorted({round(r.theta, 6) for r in report.sites})

@@ -18,6 +18,8 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
+from .reps import default_dtype
+
 __all__ = ["SEGNN", "fully_connected_edges"]
 
 
@@ -224,3 +226,66 @@ class VNPointNet(nn.Module):
         inv = torch.einsum("bcin,bfin->bcfn", h, frame).flatten(1, 2)  # [B, 6H, N], invariant per point
         pooled = torch.cat([inv.mean(dim=-1), inv.amax(dim=-1)], dim=1)
         return self.head(pooled)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A steerable CNN on a periodic grid (escnn, optional): C_n / D_n equivariant field-to-field regression
+# ----------------------------------------------------------------------------------------------------------
+
+
+class SteerableCNN(nn.Module):
+    """escnn CNN for scalar fields on a periodic grid: ``[B, 1, H, W] -> [B, 1, H, W]``, equivariant to C_n or D_n.
+
+    A lifting ``R2Conv`` (trivial -> ``channels`` regular fields), ``num_layers - 2`` regular -> regular
+    ``R2Conv``s with ReLU, and a projection back to one trivial field; the output is ``u0 + net(u0)``. Convolutions
+    pad circularly, so rotations by 90° and flips of the square periodic grid are exact symmetries. ``in_type`` and
+    ``out_type`` are the escnn field types of input and output (``symmetry: {group: escnn, inputs: [in_type],
+    output: out_type}``). Needs escnn (``relaxcli[escnn]``, see the README).
+
+    Args:
+        group: ``"C"`` (rotations) or ``"D"`` (rotations and flips).
+        n: order of the rotations: 1, 2 or 4 (the ones that map the pixel grid onto itself).
+        channels: regular fields per hidden layer.
+        num_layers: convolutions in total (>= 2).
+        kernel_size: odd kernel size.
+
+    Example:
+        >>> model = SteerableCNN(group="C", n=4, channels=4)
+        >>> model(torch.randn(2, 1, 32, 32)).shape
+        torch.Size([2, 1, 32, 32])
+    """
+
+    def __init__(self, group: str = "C", n: int = 4, channels: int = 8, num_layers: int = 3,
+                 kernel_size: int = 5) -> None:
+        super().__init__()
+        from .steerable import import_escnn
+
+        escnn = import_escnn()
+        gspaces, esnn = escnn.gspaces, escnn.nn
+        if group not in ("C", "D") or n not in (1, 2, 4):
+            raise ValueError(f"group must be 'C' or 'D' and n one of 1, 2, 4; got group={group!r}, n={n}")
+        if num_layers < 2 or kernel_size % 2 == 0:
+            raise ValueError(f"need num_layers >= 2 and an odd kernel_size, got {num_layers}, {kernel_size}")
+        dtype = torch.get_default_dtype()
+        with default_dtype(torch.float32):  # escnn samples its bases in float32 and fails under a float64 default
+            gs = gspaces.rot2dOnR2(n) if group == "C" else gspaces.flipRot2dOnR2(n)
+            self.in_type = esnn.FieldType(gs, [gs.trivial_repr])
+            hidden = esnn.FieldType(gs, channels * [gs.regular_repr])
+            self.out_type = esnn.FieldType(gs, [gs.trivial_repr])
+            pad = kernel_size // 2
+            layers: list[nn.Module] = []
+            types = [self.in_type] + [hidden] * (num_layers - 1) + [self.out_type]
+            for i, (a, b) in enumerate(zip(types[:-1], types[1:])):
+                layers.append(esnn.R2Conv(a, b, kernel_size, padding=pad, padding_mode="circular"))
+                if i < num_layers - 1:
+                    layers.append(esnn.ReLU(b))
+            self.net = esnn.SequentialModule(*layers)
+        self.to(dtype)
+
+    def forward(self, u0: torch.Tensor) -> torch.Tensor:
+        from escnn.nn import GeometricTensor  # imported by __init__ already
+
+        return u0 + self.net(GeometricTensor(u0, self.in_type)).tensor
+
+
+__all__ += ["SteerableCNN"]

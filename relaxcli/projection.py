@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .build import DTYPES, build_data, example_batch, restore, to_device
+from .build import DTYPES, build_data, example_batch, restore, to_device, user_state
 from .checkpoint import PROJECTED, RELAXED, Checkpoint, load_checkpoint, save_checkpoint, versions
 from .errors import EquivarianceError, RelaxError
 from .graph import RelaxedModel
@@ -69,9 +69,11 @@ def example_inputs(recipe: Recipe, samples: int) -> Any:
     return to_device(inputs, torch.device("cpu"), DTYPES[recipe.trainer.dtype])
 
 
-def symmetry_args(recipe: Recipe, inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def symmetry_args(recipe: Recipe, inputs: Any,
+                  model: nn.Module | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Positional inputs and the keyword arguments of :func:`~relaxcli.testing.equivariance_error` from the recipe's
-    ``symmetry`` section; a clear error when it is missing."""
+    ``symmetry`` section; a clear error when it is missing. With ``group: escnn`` the specs name attributes of
+    ``model`` (the user's module, or a relaxed model around it) holding escnn FieldTypes, which are looked up here."""
     sym = recipe.symmetry
     if sym is None:
         raise RelaxError(
@@ -82,8 +84,23 @@ def symmetry_args(recipe: Recipe, inputs: Any) -> tuple[tuple[Any, ...], dict[st
     if len(sym.inputs) != len(args):
         raise RelaxError(f"symmetry.inputs lists {len(sym.inputs)} inputs but the model takes {len(args)} "
                          f"(from the data); give one entry per model input")
+    if sym.group == "escnn":
+        assert model is not None, "group escnn needs the model to look up its field types"
+        user = model.module if isinstance(model, RelaxedModel) else model
+        return args, {"irreps_in": [_field_type(user, s, recipe) for s in sym.inputs],
+                      "irreps_out": _field_type(user, sym.output, recipe)}
     return args, {"irreps_in": sym.inputs, "irreps_out": sym.output, "do_parity": sym.parity,
                   "do_translation": sym.translation}
+
+
+def _field_type(model: nn.Module, name: str | None, recipe: Recipe) -> Any:
+    if name is None:
+        return None
+    value = getattr(model, name, None)
+    if value is None or not hasattr(value, "gspace"):
+        raise RelaxError(f"symmetry (group escnn) names {name!r}, but {recipe.model.target} has no attribute {name!r} "
+                         f"holding an escnn FieldType (got {type(value).__name__}); name the attribute that does")
+    return value
 
 
 def default_tolerance(recipe: Recipe) -> float:
@@ -124,15 +141,15 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
     report = None
     tol = default_tolerance(recipe) if tolerance is None else tolerance
     if verify:
-        args, kw = symmetry_args(recipe, example_inputs(recipe, samples))
+        args, kw = symmetry_args(recipe, example_inputs(recipe, samples), model)
         report = verify_equivariant(model, args, tolerance=tol, ntrials=trials, **kw)
     meta = {"format": PROJECTED, "model_component": recipe.model.target, "model_kwargs": recipe.model.kwargs,
             "recipe": recipe.to_dict(), "source_checkpoint": str(ckpt.path),
-            "state_dict_keys": list(model.state_dict()), "step": ckpt.json("step"),
+            "state_dict_keys": list(user_state(model)), "step": ckpt.json("step"),
             "versions": versions(),
             "equivariance": None if report is None else {"relative": report.relative, "absolute": report.absolute,
                                                          "tolerance": tol, "cases": report.cases}}
-    save_checkpoint(out_path, dict(model.state_dict()), meta)
+    save_checkpoint(out_path, dict(user_state(model)), meta)
     program = None
     if is_program:  # a .pt2 model: the projected program as well
         program = write_verified_program(model, example_inputs(recipe, samples), program_path(out_path))
@@ -170,10 +187,10 @@ def _export_relaxed(ckpt: Checkpoint, out_path: Path, trials: int, samples: int,
                          "drop --keep-gamma to write the model")
     report = None
     if verify:
-        args, kw = symmetry_args(recipe, example_inputs(recipe, samples))
+        args, kw = symmetry_args(recipe, example_inputs(recipe, samples), relaxed)
         relaxed.eval()
         report = equivariance_error(relaxed, args, ntrials=trials, **kw)
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in user_state(model).items()}
     tensors.update({f"branches.{k}": v for k, v in relaxed.branches.state_dict().items()})
     keep = ("step", "epoch", "relaxed", "sites", "relax_mode", "site_state", "theta", "recipe")  # text, as stored
     meta = {**{k: ckpt.metadata[k] for k in keep if k in ckpt.metadata}, "format": RELAXED,

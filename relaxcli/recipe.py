@@ -109,7 +109,7 @@ def _nonempty(value: str) -> str | None:
 
 
 def _irreps_problem(value: str) -> str | None:
-    if value == "cartesian_points":
+    if value.isidentifier():  # 'cartesian_points', or a model attribute (group: escnn); SymmetryConfig.check decides
         return None
     if not value.strip():
         return "empty Irreps string; use null for an input without symmetry"
@@ -122,7 +122,8 @@ def _irreps_problem(value: str) -> str | None:
     return None
 
 
-IrrepsSpec = Annotated[Optional[str], Check(_irreps_problem, "an e3nn Irreps string, 'cartesian_points' or null")]
+IrrepsSpec = Annotated[Optional[str], Check(_irreps_problem, "an e3nn Irreps string, 'cartesian_points', the name "
+                                                          "of a model attribute (group: escnn) or null")]
 
 # -----------------------------------------------------------------------------
 # The schema
@@ -158,6 +159,7 @@ class TrainerConfig:
     num_workers: Annotated[int, Range(ge=0)] = 0
     threads: Annotated[Optional[int], Range(ge=1)] = None  # torch CPU threads; None: torch's default
     max_steps: Annotated[Optional[int], Range(ge=1)] = None
+    metrics: list[Literal["accuracy"]] = field(default_factory=list)  # reported beside the loss at every evaluation
 
 
 @dataclass
@@ -266,8 +268,27 @@ class RelaxConfig:
 class SymmetryConfig:
     inputs: list[IrrepsSpec]
     output: IrrepsSpec
+    group: Literal["o3", "escnn"] = "o3"  # escnn: inputs/output name model attributes holding escnn FieldTypes
     parity: bool = True  # test improper rotations too (O(3)); false for SO(3)-only models
     translation: bool = True  # translate 'cartesian_points' inputs and outputs
+
+    def check(self, given: Iterable[str]) -> list[tuple[str, str]]:
+        """o3 specs are Irreps strings or 'cartesian_points'; escnn specs name model attributes (FieldTypes)."""
+        problems = []
+        specs = [(f"inputs[{i}]", spec) for i, spec in enumerate(self.inputs)] + [("output", self.output)]
+        for key, spec in specs:
+            if spec is None:
+                continue
+            if self.group == "o3" and spec.isidentifier() and spec != "cartesian_points":
+                problems.append((key, f"{spec!r} is not an Irreps string such as '1x1o'; names of model attributes "
+                                      "holding escnn FieldTypes need 'group: escnn'"))
+            if self.group == "escnn" and (not spec.isidentifier() or spec == "cartesian_points"):
+                problems.append((key, f"{spec!r}: with group escnn, give the name of the model attribute that holds "
+                                      "the escnn FieldType of this tensor (e.g. in_type), or null"))
+        if self.group == "escnn":
+            problems += [(k, "does not apply to group escnn (every element of the escnn group is tested)")
+                         for k in ("parity", "translation") if k in given and getattr(self, k) is not True]
+        return problems
 
 
 def _default_loss() -> ComponentSpec:

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,13 +40,52 @@ def constraint_matrices(weight: torch.Tensor, generators_in: torch.Tensor, gener
     return lie, disc
 
 
-def _norms(branches: list[Branch], rows: list[torch.Tensor] | None, source: str) -> torch.Tensor:
+class _Commutator:
+    """``W -> [W A_in - A_out W for A in generators + elements]`` for a stack of weights ``[g, o, i]``.
+
+    The representation matrices are stacked once into ``right = [A_1 | ... | A_m]`` (``[i, m i]``) and
+    ``left = [A_1; ...; A_m]`` (``[m o, o]``), held as sparse CSR when mostly zeros: e3nn generators have at most
+    ``2l`` entries per row and VN generators two, so the products cost a few multiply-adds per weight instead of
+    the ``o·i·(o+i)`` of a dense ``W @ A``.     """
+
+    def __init__(self, branch: Branch) -> None:
+        a_in = torch.cat([branch.generators_in, branch.elements_in])  # [m, i, i]
+        a_out = torch.cat([branch.generators_out, branch.elements_out])  # [m, o, o]
+        self.m, i = a_in.shape[0], a_in.shape[1]
+        self.key = _rep_key(branch)
+        self.right = _maybe_sparse(a_in.permute(1, 0, 2).reshape(i, self.m * i))
+        self.left = _maybe_sparse(a_out.reshape(-1, a_out.shape[-1]))
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        g, o, i = w.shape
+        if self.m == 0:
+            return w.new_zeros(g, 0, o, i)
+        w_a = (w.reshape(g * o, i) @ self.right).view(g, o, self.m, i).transpose(1, 2)
+        a_w = (self.left @ w.transpose(0, 1).reshape(o, g * i)).view(self.m, o, g, i).permute(2, 0, 1, 3)
+        return w_a - a_w
+
+
+def _rep_key(branch: Branch) -> tuple[Any, ...]:
+    """Changes when the branch's representation buffers are replaced (``.to(dtype/device)``)."""
+    return tuple((t.dtype, t.device, t.data_ptr()) for t in (branch.generators_in, branch.elements_in,
+                                                                branch.generators_out, branch.elements_out))
+
+
+def _maybe_sparse(a: torch.Tensor) -> torch.Tensor:
+    if a.numel() == 0 or (a != 0).sum() > 0.1 * a.numel():
+        return a
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return a.to_sparse_csr()
+
+
+def _norms(branches: list[Branch], rows: list[torch.Tensor] | None, source: str,
+           commutator: _Commutator | None = None) -> torch.Tensor:
     """``[g, 1 + K + G]`` norms (projection, each generator, each element) for branches that share shape and
     representations, computed batched over the group: one stacked matrix product instead of one per site."""
-    b0 = branches[0]
     w = torch.stack([b.weight for b in branches])  # [g, o, i]
-    lie, disc = constraint_matrices(w, b0.generators_in, b0.generators_out, b0.elements_in, b0.elements_out)
-    stacked = torch.cat([w.unsqueeze(1), lie, disc], dim=1)  # [g, n, o, i]
+    commutator = commutator or _Commutator(branches[0])
+    stacked = torch.cat([w.unsqueeze(1), commutator(w)], dim=1)  # [g, n, o, i]
     g, n, o, i = stacked.shape
     if source == "weight":
         return stacked.flatten(2).norm(dim=2)
@@ -134,6 +174,7 @@ class Regularizer:
         self.weight, self.source, self.rows = weight, source, rows
         self.use = {"projection": projection, "lie": lie, "discrete": discrete}
         self._groups_of: weakref.WeakKeyDictionary[torch.nn.Module, list[list[Any]]] = weakref.WeakKeyDictionary()
+        self._commutators: weakref.WeakKeyDictionary[Branch, _Commutator] = weakref.WeakKeyDictionary()
 
     def __call__(self, relaxed: torch.nn.Module) -> Regularization:
         """Evaluate on ``relaxed`` (a :class:`relaxcli.RelaxedModel`) and release the captured inputs."""
@@ -148,7 +189,11 @@ class Regularizer:
                     s.branch.captured.clear()
             if not group:
                 continue
-            norms = _norms([s.branch for s in group], rows, self.source)
+            first = group[0].branch
+            commutator = self._commutators.get(first)
+            if commutator is None or commutator.key != _rep_key(first):
+                commutator = self._commutators[first] = _Commutator(first)
+            norms = _norms([s.branch for s in group], rows, self.source, commutator)
             results.append((group, norms))
             k = group[0].branch.generators_in.shape[0]
             columns = [(0, 1, "projection"), (1, 1 + k, "lie"), (1 + k, norms.shape[1], "discrete")]

@@ -61,12 +61,13 @@ def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
 def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor], irreps_in: Sequence[Any],
                        irreps_out: Any, ntrials: int = 3, do_parity: bool = True, do_translation: bool = True,
                        generator: torch.Generator | None = None) -> EquivarianceReport:
-    """Measure how far ``func`` is from equivariance under random O(3) elements (and translations).
+    """Measure how far ``func`` is from equivariance under random O(3) elements (and translations), or under every
+    element of a finite escnn group when the specs are escnn ``FieldType``s.
 
     Args:
         func: the model or function; called as ``func(*args)``.
         args_in: example inputs.
-        irreps_in: one spec per input (Irreps string, ``"cartesian_points"`` or None).
+        irreps_in: one spec per input (Irreps string, ``"cartesian_points"``, an escnn ``FieldType`` or None).
         irreps_out: the spec of the output, or a list of specs for a tuple output.
         ntrials: random group elements per case.
         do_parity: also test improper rotations (O(3)); turn off for SO(3)-only models.
@@ -77,6 +78,8 @@ def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor]
     if len(specs_in) != len(args_in):
         raise ValueError(f"{len(args_in)} inputs but {len(specs_in)} input specs")
     specs_out = list(irreps_out) if isinstance(irreps_out, (list, tuple)) else [irreps_out]
+    if any(hasattr(s, "gspace") for s in specs_in + specs_out):
+        return _escnn_equivariance_error(func, args_in, specs_in, specs_out)
     translate_cases = [False, True] if do_translation and "cartesian_points" in specs_in else [False]
     parities = [1.0, -1.0] if do_parity else [1.0]
     with torch.no_grad():
@@ -103,6 +106,37 @@ def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor]
                     cases[name] = max(cases.get(name, 0.0), err)
                     worst_abs = max(worst_abs, err)
                     worst_rel = max(worst_rel, err / scale if scale > 0 else err)
+    return EquivarianceReport(worst_abs, worst_rel, cases)
+
+
+def _plain(out: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(y.tensor if hasattr(y, "tensor") and hasattr(y, "type") else y for y in _as_tuple(out))
+
+
+def _escnn_equivariance_error(func: Callable[..., Any], args_in: tuple[Any, ...], specs_in: list[Any],
+                              specs_out: list[Any]) -> EquivarianceReport:
+    """Every element ``g`` of the (finite) escnn group, acting through the specs (escnn ``FieldType``s, or None for
+    an untouched tensor) as escnn's ``GeometricTensor.transform`` does: grid and fibres, in float64."""
+    from .steerable import transform_field
+
+    group = next(s for s in specs_in + specs_out if hasattr(s, "gspace")).gspace.fibergroup
+    if group.order() < 1:
+        raise ValueError(f"whole-model checks need a finite escnn group, got {group}")
+    with torch.no_grad():
+        ref = _plain(func(*args_in))
+    cases: dict[str, float] = {}
+    worst_abs, worst_rel = 0.0, 0.0
+    for g in group.elements:
+        args_g = tuple(transform_field(a, s, g).to(a.dtype) if s is not None else a for a, s in zip(args_in, specs_in))
+        with torch.no_grad():
+            out_g = _plain(func(*args_g))
+        for y_g, y, s in zip(out_g, ref, specs_out):
+            expected = transform_field(y, s, g) if s is not None else y.to(torch.float64)
+            err = float((y_g.to(torch.float64) - expected).abs().max())
+            scale = float(expected.abs().max())
+            cases[str(g)] = max(cases.get(str(g), 0.0), err)
+            worst_abs = max(worst_abs, err)
+            worst_rel = max(worst_rel, err / scale if scale > 0 else err)
     return EquivarianceReport(worst_abs, worst_rel, cases)
 
 

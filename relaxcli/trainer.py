@@ -34,15 +34,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .build import (DTYPES, build_data, build_model, build_regularizer, build_relaxed, build_schedule, call_model,
-                    resolve_device, split_batch, to_device)
-from .checkpoint import RELAXED, Checkpoint, atomic_write, load_checkpoint, flatten_state, save_checkpoint, unflatten_state, versions
+                    load_user_state, resolve_device, split_batch, to_device, user_state)
+from .checkpoint import (RELAXED, Checkpoint, atomic_write, flatten_state, load_checkpoint, save_checkpoint,
+                         unflatten_state, versions)
 from .distributed import GlobalBatches, current, shard, wrap
 from .errors import RelaxError
 from .metrics import MetricsLog, write_csv, write_plots
 from .recipe import Recipe, dump_recipe, instantiate
 from .regularizers import site_terms
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "accuracy", "EVAL_METRICS"]
 
 
 def _seed_everything(seed: int) -> None:
@@ -97,6 +98,7 @@ class Trainer:
 
         self.epoch, self.step = 0, 0
         self.best_val = math.inf
+        self.extra_metrics: dict[str, float] = {}  # trainer.metrics of the last evaluate()
         self.best_epoch = -1
         # ace_elastic also delivers the relaxed model (γ kept): its own best, on the relaxed validation metric
         self.keep_relaxed = bool(self.schedule is not None and self.schedule.keeps_relaxation)
@@ -220,7 +222,8 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str, projected: bool = True) -> float:
-        """Mean loss over a split, of the projected model (θ = 0) or of the relaxed model."""
+        """Mean loss over a split, of the projected model (θ = 0) or of the relaxed model. The extra metrics of
+        ``trainer.metrics`` (e.g. accuracy) from the same pass are kept in ``self.extra_metrics``."""
         dataset = getattr(self.splits, split)
         if self.dist.enabled:  # each process evaluates every world-th item; the sums are reduced below
             dataset = Subset(dataset, shard(len(dataset), self.dist))
@@ -228,7 +231,7 @@ class Trainer:
         loader = DataLoader(dataset, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
                             num_workers=cfg.num_workers)
         self.net.eval()
-        total, n = 0.0, 0
+        sums = torch.zeros(2 + len(cfg.metrics), dtype=torch.float64)  # loss·n, n, then each metric·n
         try:
             for batch in loader:
                 inputs, target = to_device(split_batch(batch), self.device, self.dtype)
@@ -238,15 +241,20 @@ class Trainer:
                 else:
                     out = call_model(self.net, inputs)
                 size = target.shape[0]
-                total += float(self.loss_fn(out, target)) * size
-                n += size
+                sums[0] += float(self.loss_fn(out, target)) * size
+                sums[1] += size
+                for k, name in enumerate(cfg.metrics):
+                    sums[2 + k] += float(EVAL_METRICS[name](out, target)) * size
         finally:
             self.net.train()
             if self.relaxed is not None:
                 for b in self.relaxed.branches.values():
                     b.captured.clear()
-        total, n = self.dist.all_reduce_sum(torch.tensor([total, float(n)], dtype=torch.float64)).tolist()
-        return total / max(n, 1)
+        sums = self.dist.all_reduce_sum(sums)
+        n = max(float(sums[1]), 1.0)
+        kind = "projected" if projected else "relaxed"
+        self.extra_metrics = {f"{split}_{kind}_{name}": float(sums[2 + k]) / n for k, name in enumerate(cfg.metrics)}
+        return float(sums[0]) / n
 
     def site_stats(self) -> dict[str, dict[str, float]]:
         """Per site: θ, ‖B‖_F, the data-free Lie-derivative and discrete norms of the branch, and the schedule's
@@ -264,7 +272,9 @@ class Trainer:
 
     def _evaluate_and_keep_best(self) -> None:
         val_projected = self.evaluate("val", projected=True)
+        extra = dict(self.extra_metrics)
         val_relaxed = self.evaluate("val", projected=False) if self.relaxed is not None else None
+        extra.update(self.extra_metrics if self.relaxed is not None else {})
         best = val_projected < self.best_val
         if best:
             self.best_val, self.best_epoch = val_projected, self.epoch
@@ -273,7 +283,8 @@ class Trainer:
             self.best_relaxed_val = val_relaxed
             self._save("best_relaxed", with_state=False)
         self.log.append({"kind": "eval", "step": self.step, "epoch": self.epoch, "val_projected": val_projected,
-                         "val_relaxed": val_relaxed, "theta": self._theta() if self.relaxed is not None else None,
+                         "val_relaxed": val_relaxed, **extra,
+                         "theta": self._theta() if self.relaxed is not None else None,
                          "best": best, "sites": self.site_stats()})
         self.last_eval = (val_projected, val_relaxed)
 
@@ -282,10 +293,17 @@ class Trainer:
         best = self.ckpt_dir / "best.safetensors"
         ckpt = load_checkpoint(best)
         self._load_weights(ckpt)
-        test_projected = self.evaluate("test", True) if self.splits.test is not None else None
-        test_relaxed = self.evaluate("test", False) if self.splits.test is not None and self.relaxed else None
+        extra: dict[str, float] = {}
+        test_projected = test_relaxed = None
+        if self.splits.test is not None:
+            test_projected = self.evaluate("test", True)
+            extra.update(self.extra_metrics)
+            if self.relaxed is not None:
+                test_relaxed = self.evaluate("test", False)
+                extra.update(self.extra_metrics)
         record = {"kind": "test", "step": int(ckpt.json("step")), "epoch": int(ckpt.json("epoch")),
-                  "val_projected": self.best_val, "test_projected": test_projected, "test_relaxed": test_relaxed}
+                  "val_projected": self.best_val, "test_projected": test_projected, "test_relaxed": test_relaxed,
+                  **extra}
         kept: dict[str, Any] = {}
         if self.keep_relaxed:  # the relaxed model at its own best (γ kept) is a deliverable too
             path = self.ckpt_dir / "best_relaxed.safetensors"
@@ -293,13 +311,15 @@ class Trainer:
             self._load_weights(ckpt)
             kept = {"best_relaxed_epoch": int(ckpt.json("epoch")), "val_relaxed": self.best_relaxed_val,
                     "test_relaxed_kept": self.evaluate("test", False) if self.splits.test is not None else None}
+            if self.splits.test is not None:
+                kept.update({k.replace("test_relaxed", "test_relaxed_kept"): v for k, v in self.extra_metrics.items()})
             record.update(kept)
             kept["best_relaxed_checkpoint"] = str(path)
         self.log.append(record)
         return {"name": self.recipe.name, "seed": self.recipe.seed, "relaxed": self.relaxed is not None,
                 "best_epoch": record["epoch"], "best_step": record["step"], "val_projected": self.best_val,
                 "test_projected": test_projected, "test_relaxed": test_relaxed, "steps": self.step,
-                "run_dir": str(self.run_dir), "best_checkpoint": str(best), **kept}
+                "run_dir": str(self.run_dir), "best_checkpoint": str(best), **extra, **kept}
 
     def _write_reports(self) -> None:
         records = MetricsLog.read(self.metrics_path)
@@ -310,7 +330,7 @@ class Trainer:
     def _save(self, which: str, with_state: bool) -> None:
         if not self.dist.is_main:
             return
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors = {f"model.{k}": v for k, v in user_state(self.model).items()}
         if self.relaxed is not None:
             tensors.update({f"branches.{k}": v for k, v in self.relaxed.branches.state_dict().items()})
         meta: dict[str, Any] = {
@@ -335,7 +355,7 @@ class Trainer:
         save_checkpoint(self.ckpt_dir / f"{which}.safetensors", tensors, meta)
 
     def _load_weights(self, ckpt: Checkpoint) -> None:
-        self.model.load_state_dict(ckpt.model_state(), strict=True)
+        load_user_state(self.model, ckpt.model_state())
         if self.relaxed is not None:
             self.relaxed.branches.load_state_dict(ckpt.branch_state(), strict=True)
 
@@ -366,6 +386,28 @@ class Trainer:
     # -- display -------------------------------------------------------------------------------------------------
     def _progress(self) -> Any:
         return _Progress(self.show_progress, self.total_steps, self.recipe.name)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Evaluation metrics beside the loss (recipe ``trainer.metrics``)
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy of logits ``[B, C]`` against integer class labels ``[B]``.
+
+    Example:
+        >>> float(accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0])))
+        0.5
+    """
+    if output.dim() != 2 or target.shape != output.shape[:1] or target.is_floating_point():
+        raise RelaxError(f"trainer.metrics: accuracy needs logits [batch, classes] and integer labels [batch], got "
+                         f"an output of shape {tuple(output.shape)} and a {target.dtype} target of shape "
+                         f"{tuple(target.shape)}; remove 'accuracy' from trainer.metrics for this task")
+    return (output.argmax(dim=-1) == target).to(torch.float64).mean()
+
+
+#: The metrics a recipe may list in ``trainer.metrics``: ``name -> fn(output, target)``, a batch mean.
+EVAL_METRICS = {"accuracy": accuracy}
 
 
 class _NoLog:

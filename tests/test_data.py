@@ -201,3 +201,19 @@ def test_default_cache_dir_from_env(tmp_path, monkeypatch: pytest.MonkeyPatch) -
     data = NBodyData(train=2, val=2, test=2, frames=SHORT)
     assert data.cache_paths["train"].parent == tmp_path / "c"
     assert data.cache_paths["train"].is_file()
+
+
+def test_allen_cahn_fields_are_deterministic_and_d4_symmetric() -> None:
+    from relaxcli.data import AllenCahnData, simulate_allen_cahn
+
+    a = AllenCahnData(train=8, val=4, test=4, size=16, seed=3)
+    b = AllenCahnData(train=12, val=4, test=4, size=16, seed=3)
+    assert torch.equal(a.train.inputs, b.train.inputs[:8]) and torch.equal(a.val.targets, b.val.targets)
+    assert not torch.equal(a.val.inputs, a.test.inputs)
+    u0 = a.train.inputs[:, 0].double().numpy()
+    u_t = simulate_allen_cahn(u0)
+    for move in (lambda u: np.rot90(u, 1, axes=(-2, -1)), lambda u: np.flip(u, -1)):
+        assert np.abs(simulate_allen_cahn(move(u0)) - move(u_t)).max() < 1e-12
+    assert np.abs(u_t - a.train.targets[:, 0].double().numpy()).max() < 1e-6
+    with pytest.raises(ValueError, match="unstable"):
+        AllenCahnData(train=2, val=2, test=2, dt=0.5)

@@ -16,7 +16,10 @@ from torch.utils.data import DataLoader
 
 import relaxcli
 import relaxcli.data as data_mod
+from relaxcli import RelaxError
+from relaxcli.build import load_model
 from relaxcli.data import POINTCLOUD_CLASSES, PointCloudData, sample_shapes, shape_surface_residual
+from relaxcli.trainer import accuracy
 from relaxcli.models import VNPointNet
 from relaxcli.recipe import load_recipe
 from relaxcli.reps import default_dtype
@@ -217,9 +220,24 @@ def test_one_epoch_train_and_project(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["relaxed"] and np.isfinite(summary["test_projected"]) and summary["steps"] == 2
     assert any((tmp_path / "cache").glob("pointcloud-train-*.npz"))
+    assert f"test accuracy (projected) {summary['test_projected_accuracy']:.4g}" in proc.stdout
     # the CLI's equivariance check works with an invariant (null) output spec
     best = tmp_path / "run" / "checkpoints" / "best.safetensors"
     proc = subprocess.run([*relax, "project", str(best), "-o", str(tmp_path / "projected.safetensors")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "projected.safetensors").is_file()
+    # trainer.metrics: [accuracy] reports the projected model's top-1 accuracy on the test split
+    model = load_model(tmp_path / "projected.safetensors").eval()
+    data = PointCloudData(train=32, val=16, test=16, num_points=64, cache_dir=tmp_path / "cache")
+    points = torch.stack([data.test[i][0][0] for i in range(16)])
+    labels = torch.stack([data.test[i][1] for i in range(16)])
+    with torch.no_grad():
+        expected = float((model(points).argmax(-1) == labels).double().mean())
+    assert summary["test_projected_accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_accuracy_rejects_regression_outputs() -> None:
+    assert float(accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]]), torch.tensor([0, 0, 0]))) == 2 / 3
+    with pytest.raises(RelaxError, match=r"trainer.metrics: accuracy needs logits .*float32 target of shape \(4, 3\)"):
+        accuracy(torch.randn(4, 3), torch.randn(4, 3))

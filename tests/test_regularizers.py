@@ -155,3 +155,41 @@ def test_grouped_regulariser_equals_the_sum_of_per_site_terms() -> None:
         assert sum(reg.summary().values()) == pytest.approx(expected, rel=1e-5)
     # message1 of both layers (and the other repeated layers) share one batched group
     assert len(Regularizer()._groups(relaxed)) < len(relaxed.sites)
+
+
+@pytest.mark.parametrize("rep_in, rep_out", [
+    (Rep.from_irreps("3x0e+2x1o+1x2e"), Rep.from_irreps("2x0e+1x1o+2x2e")),  # sparse generators and parity
+    (Rep.vector_neurons(5), Rep.vector_neurons(4)),  # kron(I_C, A): sparse
+    (Rep.explicit(torch.randn(2, 6, 6)), Rep.explicit(torch.randn(2, 3, 3))),  # dense matrices stay dense
+])
+def test_commutator_equals_dense_constraint_matrices(rep_in: Rep, rep_out: Rep) -> None:
+    from relaxcli.regularizers import _Commutator, constraint_matrices
+
+    with default_dtype(torch.float64):
+        branches = [DenseBranch(rep_in.dim, rep_out.dim, init_std=1.0, rep_in=rep_in, rep_out=rep_out)
+                    for _ in range(3)]
+    w = torch.stack([b.weight for b in branches])
+    b0 = branches[0]
+    lie, disc = constraint_matrices(w, b0.generators_in, b0.generators_out, b0.elements_in, b0.elements_out)
+    expected = torch.cat([lie, disc], dim=1)
+    commutator = _Commutator(b0)
+    got = commutator(w)
+    assert torch.allclose(got, expected, atol=1e-12)
+    probe = torch.randn_like(expected)
+    grad_expected = torch.autograd.grad((expected * probe).sum(), branches[1].weight)[0]
+    grad_got = torch.autograd.grad((got * probe).sum(), branches[1].weight)[0]
+    assert torch.allclose(grad_got, grad_expected, atol=1e-12)
+    sparse = commutator.right.layout == torch.sparse_csr
+    assert sparse == (rep_in.name != "explicit")
+
+
+def test_regulariser_follows_the_model_to_another_dtype() -> None:
+    relaxed = relaxcli.relax(torch.nn.Sequential(o3.Linear("2x0e+2x1o", "2x0e+2x1o")), init_std=0.1)
+    relaxed.train()
+    reg = Regularizer(rows=None)
+    relaxed(torch.randn(7, 8))
+    single = reg(relaxed).total
+    relaxed.double()
+    relaxed(torch.randn(7, 8, dtype=torch.float64))
+    double = reg(relaxed).total  # the cached sparse matrices are rebuilt for float64
+    assert single.dtype == torch.float32 and double.dtype == torch.float64

@@ -1,0 +1,153 @@
+"""escnn steerable convolutions (optional extra): the grid branch, the C4/D4 regulariser, hooks-mode relaxation,
+eval-mode checkpoints and whole-model checks over every group element. Skipped where escnn is not installed; CI
+runs this file in its own environment (numpy<2, see .ci/run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+escnn = pytest.importorskip("escnn", reason="escnn is an optional extra (relaxcli[escnn])")
+
+import relaxcli  # noqa: E402
+from relaxcli import RelaxError  # noqa: E402
+from relaxcli.adapters import find_adapter  # noqa: E402
+from relaxcli.build import load_user_state  # noqa: E402
+from relaxcli.models import SteerableCNN  # noqa: E402
+from relaxcli.recipe import load_recipe  # noqa: E402
+from relaxcli.regularizers import site_terms  # noqa: E402
+from relaxcli.steerable import ConvBranch, grid_permutation  # noqa: E402
+from relaxcli.testing import equivariance_error  # noqa: E402
+
+from escnn import gspaces  # noqa: E402
+from escnn import nn as enn  # noqa: E402
+
+RECIPES = Path(relaxcli.__file__).parent / "recipes"
+
+
+def spaces() -> list[tuple[str, object, object, object]]:
+    c4, d4 = gspaces.rot2dOnR2(4), gspaces.flipRot2dOnR2(4)
+    return [
+        ("C4", c4, enn.FieldType(c4, 2 * [c4.trivial_repr] + [c4.regular_repr] + [c4.irrep(1)]),
+         enn.FieldType(c4, 2 * [c4.regular_repr] + [c4.irrep(1), c4.trivial_repr])),
+        ("D4", d4, enn.FieldType(d4, [d4.trivial_repr, d4.regular_repr, d4.irrep(1, 1)]),
+         enn.FieldType(d4, [d4.regular_repr, d4.irrep(1, 1), d4.irrep(1, 0)])),
+    ]
+
+
+@pytest.mark.parametrize("name, gs, in_type, out_type", spaces(), ids=["C4", "D4"])
+def test_discrete_term_vanishes_on_the_r2conv_filter_and_not_on_a_random_one(name, gs, in_type, out_type) -> None:
+    torch.manual_seed(0)
+    conv = enn.R2Conv(in_type, out_type, 5, padding=2)
+    branch = find_adapter(conv).make_branch(conv, init_std=1.0)
+    assert isinstance(branch, ConvBranch) and branch.elements_in.shape[0] == len(gs.fibergroup.generators)
+    x = torch.randn(3, in_type.size, 12, 12)
+    rows = branch.rows(x, 300)
+    random = site_terms(branch, rows, "data")
+    filt, _ = conv.expand_parameters()
+    with torch.no_grad():
+        branch.weight.copy_(filt.reshape(branch.weight.shape))
+    own = site_terms(branch, rows, "data")
+    # escnn samples its basis in float32: its own filters are equivariant to ~1e-7 relative
+    assert float(own.discrete) < 1e-5 * float(own.projection)
+    assert float(site_terms(branch, None, "weight").discrete) < 1e-5 * float(filt.norm())
+    assert float(random.discrete) > 0.3 * float(random.projection)
+    # comparing the spatially rotated filter with itself (ignoring the fibres) is not a valid test for these fields
+    assert float((torch.rot90(filt, 1, dims=(-2, -1)) - filt).abs().max()) > 0.1 * float(filt.abs().max())
+
+
+def test_conv_branch_is_the_convolution_and_its_rows_are_its_patches() -> None:
+    torch.manual_seed(0)
+    branch = ConvBranch(3, 4, (3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), init_std=1.0)
+    x = torch.randn(2, 3, 9, 9)
+    y = branch.apply(x)
+    assert torch.allclose(y, F.conv2d(x, branch.weight.view(4, 3, 3, 3), stride=2, padding=1))
+    rows = branch.rows(x)  # every patch: W rows == the convolution's output pixels
+    assert rows.shape == (2 * 5 * 5, 27)
+    assert torch.allclose(rows @ branch.weight.T, y.permute(0, 2, 3, 1).reshape(-1, 4), atol=1e-6)
+    sub = branch.rows(x, 7)  # a random subset is a subset of those patches
+    assert sub.shape == (7, 27)
+    assert all(bool((rows - r).abs().sum(1).min() < 1e-6) for r in sub)
+    circular = ConvBranch(3, 4, (3, 3), padding=(1, 1), padding_mode="circular", init_std=1.0)
+    want = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), circular.weight.view(4, 3, 3, 3))
+    assert torch.allclose(circular.apply(x), want)
+
+
+def test_grid_permutation_refuses_groups_that_do_not_map_the_grid_to_itself() -> None:
+    c8 = gspaces.rot2dOnR2(8)
+    with pytest.raises(TypeError, match="does not map the 5x5 pixel grid onto itself.*C_1, C_2, C_4, D_1, D_2, D_4"):
+        grid_permutation(c8, c8.fibergroup.generators[0], (5, 5))
+    so2 = gspaces.rot2dOnR2(-1)
+    conv = enn.R2Conv(enn.FieldType(so2, [so2.trivial_repr]), enn.FieldType(so2, [so2.irrep(1)]), 3)
+    with pytest.raises(TypeError, match="finite groups"):
+        find_adapter(conv).make_branch(conv, 0.0)
+
+
+def test_relaxed_model_uses_hooks_equals_the_original_with_zero_branches_and_projects_exactly() -> None:
+    torch.manual_seed(0)
+    model = SteerableCNN(group="D", n=4, channels=2, num_layers=3, kernel_size=3)
+    x = torch.randn(2, 1, 8, 8)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+    relaxed = relaxcli.relax(model, init_std=0.0)
+    assert relaxed.mode == "hooks" and "torch.fx cannot trace SteerableCNN" in relaxed.fallback_reason
+    assert [s.path for s in relaxed.sites] == ["net.0", "net.2", "net.4"]
+    relaxed.set_theta(1.0)
+    relaxed.eval()
+    with torch.no_grad():
+        assert torch.equal(relaxed(x), ref)
+        for b in relaxed.branches.values():
+            b.weight.normal_()
+    broken = equivariance_error(relaxed, (x,), [model.in_type], model.out_type)
+    assert broken.relative > 1e-2 and len(broken.cases) == 8  # every element of D4
+    with relaxed.projected():
+        exact = equivariance_error(relaxed, (x,), [model.in_type], model.out_type)
+    assert exact.relative < 1e-5
+
+
+def test_train_project_and_strict_eval_mode_load(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    relax = [sys.executable, "-m", "relaxcli"]
+    overrides = ["trainer.epochs=2", "data.train=16", "data.val=8", "data.test=8", "data.size=12", "model.channels=2",
+                 "trainer.batch_size=8", "trainer.device=cpu"]
+    proc = subprocess.run([*relax, "train", str(RECIPES / "grid_relaxed.yaml"), *overrides, "--run-dir",
+                           str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "graph pass: hooks" in proc.stdout + proc.stderr and "py3nj" not in proc.stderr
+    out = tmp_path / "projected.safetensors"
+    proc = subprocess.run([*relax, "project", str(tmp_path / "run" / "checkpoints" / "best.safetensors"), "-o",
+                           str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import safetensors.torch
+
+    state = safetensors.torch.load_file(out)
+    fresh = SteerableCNN(group="C", n=4, channels=2, num_layers=3, kernel_size=5).eval()
+    assert set(state) == set(fresh.state_dict())  # the eval-mode keys, expanded filters included
+    fresh.load_state_dict(state, strict=True)
+    x = torch.randn(3, 1, 12, 12)
+    report = equivariance_error(fresh, (x,), [fresh.in_type], fresh.out_type)
+    assert report.relative < 1e-5 and len(report.cases) == 4
+    # train mode drops escnn's expanded filters; relax loads in eval mode, so either mode of the target works
+    trained = SteerableCNN(group="C", n=4, channels=2, num_layers=3, kernel_size=5).train()
+    load_user_state(trained, state)
+    assert trained.training and torch.allclose(trained(x), fresh(x), atol=1e-6)
+
+
+def test_symmetry_group_escnn_specs_are_checked(tmp_path: Path) -> None:
+    base = (RECIPES / "grid_relaxed.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base.replace("inputs: [in_type]", "inputs: [1x0e]"))
+    with pytest.raises(RelaxError, match=r"symmetry.inputs\[0\]: '1x0e': with group escnn, give the name of the "
+                                         r"model attribute"):
+        load_recipe(bad)
+    with pytest.raises(RelaxError, match=r"symmetry.output: 'out_type' is not an Irreps string"):
+        load_recipe(RECIPES / "grid_relaxed.yaml", ["symmetry.group=o3"])
+    with pytest.raises(RelaxError, match="symmetry.parity: does not apply to group escnn"):
+        load_recipe(RECIPES / "grid_relaxed.yaml", ["symmetry.parity=false"])
