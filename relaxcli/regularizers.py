@@ -46,7 +46,8 @@ class _Commutator:
     The representation matrices are stacked once into ``right = [A_1 | ... | A_m]`` (``[i, m i]``) and
     ``left = [A_1; ...; A_m]`` (``[m o, o]``), held as sparse CSR when mostly zeros: e3nn generators have at most
     ``2l`` entries per row and VN generators two, so the products cost a few multiply-adds per weight instead of
-    the ``o·i·(o+i)`` of a dense ``W @ A``.     """
+    the ``o·i·(o+i)`` of a dense ``W @ A``. Dense matrices (e.g. a user's explicit representation) stay dense.
+    """
 
     def __init__(self, branch: Branch) -> None:
         a_in = torch.cat([branch.generators_in, branch.elements_in])  # [m, i, i]

@@ -273,8 +273,10 @@ class Trainer:
     def _evaluate_and_keep_best(self) -> None:
         val_projected = self.evaluate("val", projected=True)
         extra = dict(self.extra_metrics)
-        val_relaxed = self.evaluate("val", projected=False) if self.relaxed is not None else None
-        extra.update(self.extra_metrics if self.relaxed is not None else {})
+        val_relaxed = None
+        if self.relaxed is not None:
+            val_relaxed = self.evaluate("val", projected=False)
+            extra.update(self.extra_metrics)
         best = val_projected < self.best_val
         if best:
             self.best_val, self.best_epoch = val_projected, self.epoch
