@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -47,8 +48,9 @@ R2CONV = "escnn.nn.modules.conv.r2convolution.R2Conv"
 LINEAR = "escnn.nn.modules.linear.Linear"
 
 
+@functools.cache
 def import_escnn() -> Any:
-    """``import escnn``, without its warning that py3nj is missing (only SO(3) Clebsch-Gordan coefficients need it;
+    """``import escnn`` (once: branches call this on every forward), without its warning that py3nj is missing (only SO(3) Clebsch-Gordan coefficients need it;
     relax installs escnn without py3nj on purpose), and with a clear error when escnn is not installed."""
     try:
         with warnings.catch_warnings():
@@ -163,7 +165,7 @@ class _GeometricTensorOp(_ClassAdapter):
 
     def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         x = super().feature(args, kwargs)
-        return x.tensor if hasattr(x, "tensor") and hasattr(x, "type") else x
+        return x.tensor if is_geometric_tensor(x) else x
 
     def add(self, output: Any, branch_output: torch.Tensor) -> Any:
         tensor_type = import_escnn().nn.GeometricTensor
@@ -204,6 +206,7 @@ class EscnnLinearAdapter(_GeometricTensorOp):
 
 
 def is_geometric_tensor(x: Any) -> bool:
+    """Whether ``x`` is an escnn ``GeometricTensor`` (checked without importing escnn)."""
     return type(x).__name__ == "GeometricTensor" and hasattr(x, "type") and hasattr(x, "tensor")
 
 

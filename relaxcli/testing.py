@@ -110,7 +110,9 @@ def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor]
 
 
 def _plain(out: Any) -> tuple[torch.Tensor, ...]:
-    return tuple(y.tensor if hasattr(y, "tensor") and hasattr(y, "type") else y for y in _as_tuple(out))
+    from .steerable import is_geometric_tensor
+
+    return tuple(y.tensor if is_geometric_tensor(y) else y for y in _as_tuple(out))
 
 
 def _escnn_equivariance_error(func: Callable[..., Any], args_in: tuple[Any, ...], specs_in: list[Any],
@@ -127,7 +129,8 @@ def _escnn_equivariance_error(func: Callable[..., Any], args_in: tuple[Any, ...]
     cases: dict[str, float] = {}
     worst_abs, worst_rel = 0.0, 0.0
     for g in group.elements:
-        args_g = tuple(transform_field(a, s, g).to(a.dtype) if s is not None else a for a, s in zip(args_in, specs_in))
+        args_g = tuple(transform_field(a, s, g).to(a.dtype) if s is not None else a
+                       for a, s in zip(args_in, specs_in))
         with torch.no_grad():
             out_g = _plain(func(*args_g))
         for y_g, y, s in zip(out_g, ref, specs_out):
