@@ -27,6 +27,7 @@ Models:
 Example:
     python benchmarks/overhead.py --model all --steps 200 --threads 1 --json overhead.json
     python benchmarks/overhead.py --model vn --rows 256 --source weight --breakdown
+    python benchmarks/overhead.py --model vn --no-fuse     # op and branch as two products, for comparison
 """
 
 from __future__ import annotations
@@ -174,11 +175,11 @@ class Runner:
     """One variant (standard or relaxed) of one case, with its own model copy and optimiser."""
 
     def __init__(self, case: Case, model: nn.Module, relaxed: bool, total_steps: int, rows: int | None,
-                 source: str, device: torch.device, lr: float = 1e-3) -> None:
+                 source: str, device: torch.device, lr: float = 1e-3, fuse: bool = True) -> None:
         self.case, self.device, self.is_relaxed = case, device, relaxed
         self.step_index = 0
         if relaxed:
-            self.net: nn.Module = relaxcli.relax(model)
+            self.net: nn.Module = relaxcli.relax(model, fuse=fuse)
             self.schedule = relaxcli.make_schedule("triangle", total_steps=total_steps, theta_max=1.0)
             self.reg = relaxcli.Regularizer(weight=0.01, rows=rows, source=source)  # type: ignore[arg-type]
         else:
@@ -255,7 +256,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
     warmup = args.warmup if args.warmup is not None else max(3, args.steps // 10)
     total = warmup + args.steps
     a = Runner(case, model_a, False, total, args.rows, args.source, device)
-    b = Runner(case, model_b, True, total, args.rows, args.source, device)
+    b = Runner(case, model_b, True, total, args.rows, args.source, device, fuse=not args.no_fuse)
     relaxed = b.net
     assert isinstance(relaxed, relaxcli.RelaxedModel)
     n_user = sum(p.numel() for p in model_a.parameters())
@@ -279,6 +280,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
         "info": case.info,
         "sites": len(relaxed.sites),
         "mode": relaxed.mode,
+        "fused_sites": sum(s.fused for s in relaxed.sites),
         "user_params": n_user,
         "branch_params": n_branch,
         "steps": args.steps,
@@ -341,6 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", choices=["data", "weight"], default="data", help="Regularizer source (default data)")
     p.add_argument("--repeats", type=int, default=5, help="chunks for the min-of-medians estimate (default 5)")
     p.add_argument("--breakdown", action="store_true", help="also time forward / regulariser / backward / optimiser")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="run each op and its branch separately (relax(fuse=False)) instead of as one product")
     p.add_argument("--malloc", choices=["pinned", "default"], default="pinned",
                    help="pinned (default): fix glibc's mmap/trim thresholds for steady, comparable step times; "
                         "default: leave the allocator alone")
@@ -390,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"# {k}: {header[k]}")
     rows_note = " (unused by source=weight)" if args.source == "weight" else ""
     print(f"# regularizer: weight=0.01 rows={args.rows}{rows_note} source={args.source}; schedule: triangle; "
-          "optimiser: Adam")
+          f"optimiser: Adam; op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}")
     print(f"# {args.steps} interleaved (ABBA) steps per variant after warm-up; "
           "ratio = median relaxed / median standard")
     results = []

@@ -8,6 +8,10 @@ An adapter answers four questions about a module:
 - ``feature(args, kwargs)``: which call argument is the feature the branch acts on;
 - ``add(output, branch_output)``: how the branch output joins the op's output.
 
+and, optionally, a fifth: ``can_fuse(module)`` / ``fused(module, branch, args, kwargs)``: where the op's own matrix
+is cheap to form in the branch's layout (a VN linear, an escnn convolution's expanded filter), ``op(x) + θ·W x`` is
+computed as one product with the matrix ``op + θ W``: the same map, at about the cost of the branch alone.
+
 Built in: e3nn ``o3.Linear``, e3nn tensor products with internal weights (the branch acts on the first input, as in
 the relaxation paper's SEGNN), Vector-Neuron linears (the shipped :class:`relaxcli.VNLinear` or any VN-style
 class), and escnn ``R2Conv`` / ``Linear`` over C_n and D_n (:mod:`relaxcli.steerable`). Users add their own with
@@ -67,6 +71,14 @@ class OpAdapter:
     def add(self, output: Any, branch_output: torch.Tensor) -> Any:
         """Join the branch output to the op's output; override for wrapped outputs."""
         return output + branch_output
+
+    def can_fuse(self, module: nn.Module) -> bool:
+        """Whether :meth:`fused` can compute this op together with its branch (default: no)."""
+        return False
+
+    def fused(self, module: nn.Module, branch: Branch, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``module(*args, **kwargs)`` plus ``branch(x)``, as one product with the op's matrix plus ``θ W``."""
+        raise NotImplementedError(f"{self.name} does not fuse its op and branch")
 
 
 class _ClassAdapter(OpAdapter):
@@ -179,6 +191,14 @@ class VectorNeuronAdapter(_ClassAdapter):
             raise TypeError(f"{self.name}: layer has no channel attribute ({e}); pass in_channels=/out_channels= "
                             "naming the attributes that hold the channel counts") from None
         return VectorBranch(int(c_in), int(c_out), init_std, self.channel_axis, self.vector_axis)
+
+    def can_fuse(self, module: nn.Module) -> bool:
+        return type(module).forward is VNLinear.forward  # the shipped layer (or a subclass that keeps its forward)
+
+    def fused(self, module: nn.Module, branch: Branch, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # VNLinear's W acts on channels and leaves the 3-axis alone: kron(W, I_3) in the branch's index c*3+i
+        eye = torch.eye(3, dtype=module.weight.dtype, device=module.weight.device)
+        return branch.apply(self.feature(args, kwargs), torch.kron(module.weight, eye) + branch.theta * branch.weight)
 
 
 class ExplicitAdapter(_FeatureArg):

@@ -71,7 +71,9 @@ class Branch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.theta * self.apply(x)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:  # noqa: A003 - mirrors "apply the linear map"
+    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:  # noqa: A003
+        """``W x`` on the native layout; ``weight`` (same shape as ``W``) replaces ``W``, e.g. the op's own matrix
+        plus ``θ W`` when an adapter fuses the op and its branch into one product."""
         raise NotImplementedError
 
     def rows(self, x: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
@@ -91,8 +93,8 @@ def _pick(n: int, max_rows: int | None, device: torch.device) -> torch.Tensor | 
 class DenseBranch(Branch):
     """``W x`` on the last axis: ``F.linear(x, W)``."""
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:  # noqa: A003
-        return nn.functional.linear(x, self.weight)
+    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:  # noqa: A003
+        return nn.functional.linear(x, self.weight if weight is None else weight)
 
     def rows(self, x: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
         r = x.reshape(-1, self.dim_in)
@@ -129,13 +131,14 @@ class VectorBranch(Branch):
             self._equations[ndim] = eq
         return eq
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:  # noqa: A003
+    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:  # noqa: A003
+        weight = self.weight if weight is None else weight
         if self._axes(x.dim()) == (1, 2) and x.is_contiguous():
             # [B, C, 3, ...] flattens to [B, 3C, points] with index c*3+i: one batched matmul, contiguous output
             b = x.shape[0]
-            y = torch.bmm(self.weight.expand(b, -1, -1), x.reshape(b, self.dim_in, -1))
+            y = torch.bmm(weight.expand(b, -1, -1), x.reshape(b, self.dim_in, -1))
             return y.view(b, self.channels_out, 3, *x.shape[3:])
-        w = self.weight.view(self.channels_out, 3, self.channels_in, 3)
+        w = weight.view(self.channels_out, 3, self.channels_in, 3)
         return torch.einsum(self._equation(x.dim()), w, x)
 
     def rows(self, x: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:

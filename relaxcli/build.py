@@ -127,7 +127,7 @@ def build_relaxed(model: nn.Module, recipe: Recipe) -> RelaxedModel | None:
     if not cfg.enabled:
         return None
     return relax(model, mode=cfg.mode, include=cfg.include, exclude=cfg.exclude, init_std=cfg.branch.init_std,
-                 adapters=build_adapters(recipe))
+                 adapters=build_adapters(recipe), fuse=cfg.fuse)
 
 
 def build_adapters(recipe: Recipe) -> list[OpAdapter] | None:

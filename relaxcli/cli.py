@@ -196,7 +196,9 @@ def _announce(trainer: Any) -> Any:
         from .build import call_args, example_batch, to_device
 
         reason = f"; {r.fallback_reason}" if r.mode == "hooks" and r.fallback_reason else ""
-        err.print(f"relaxed {len(r.sites)} sites, graph pass: {r.mode}{reason}", highlight=False)
+        fused = sum(s.fused for s in r.sites)
+        fused_note = f" ({fused} fused with their op)" if fused else ""
+        err.print(f"relaxed {len(r.sites)} sites{fused_note}, graph pass: {r.mode}{reason}", highlight=False)
         inputs, _ = example_batch(trainer.splits.val, 2)
         r.eval()
         args, kwargs = call_args(to_device(inputs, trainer.device, trainer.dtype))

@@ -3,7 +3,9 @@
 :func:`relax` traces the model with ``torch.fx`` (registered ops and ``e3nn`` modules are leaves) and replaces each
 call of a known op by a :class:`Site` that computes ``op(x) + θ · B(x)``. Where the model cannot be traced
 (data-dependent control flow, non-tensor wrappers such as escnn's ``GeometricTensor``) the same sites are attached
-with forward hooks instead, and ``RelaxedModel.mode`` says which was used.
+with forward hooks instead, and ``RelaxedModel.mode`` says which was used. Where the adapter knows the op's own
+matrix in the branch's layout (VN linears, escnn convolutions), a site computes ``op(x) + θ · B(x)`` as one product
+with ``op + θ B`` (``Site.fused``); with the branches off it always runs the user's op.
 
 The relaxed model *shares* the user's module and its parameters: training it trains the user's model, and
 ``relaxed.module.state_dict()`` has exactly the user's keys. The branches live in ``relaxed.branches``.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +47,7 @@ class Site:
         op: the user's op module itself.
         adapter: the :class:`OpAdapter` that recognised it.
         branch: the :class:`Branch` added beside it.
+        fused: whether the op and its branch run as one product (``adapter.fused``) while the branch is active.
         calls: how often the site fired since the counter was last reset (see :meth:`RelaxedModel.dry_run`).
     """
 
@@ -52,6 +55,7 @@ class Site:
     op: nn.Module
     adapter: OpAdapter
     branch: Branch
+    fused: bool = False
     calls: int = 0
 
     def __call__(self, output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -60,10 +64,24 @@ class Site:
         branch = self.branch
         if not branch.active:
             return output
+        return self.adapter.add(output, branch(self._capture(args, kwargs)))
+
+    def call(self, run_op: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The op (``run_op``) on ``args``/``kwargs`` with the branch added: fused into one product where the
+        adapter can; with the branch off (the projected model) exactly ``run_op``."""
+        if self.fused and self.branch.active:
+            self.calls += 1
+            self._capture(args, kwargs)
+            return self.adapter.fused(self.op, self.branch, args, kwargs)
+        return self(run_op(*args, **kwargs), args, kwargs)
+
+    def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        """The branch's input; kept (detached) for the data regularisers while training or inspecting."""
         x = self.adapter.feature(args, kwargs)
+        branch = self.branch
         if (branch.training and torch.is_grad_enabled()) or branch.force_capture:
             branch.captured.append(x.detach())
-        return self.adapter.add(output, branch(x))
+        return x
 
 
 class _SiteCall(nn.Module):
@@ -75,7 +93,7 @@ class _SiteCall(nn.Module):
         self.site = site
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.site(self.op(*args, **kwargs), args, kwargs)
+        return self.site.call(self.op, args, kwargs)
 
 
 class _LeafTracer(fx.Tracer):
@@ -105,7 +123,8 @@ class RelaxedModel(nn.Module):
         module: the user's model (shared, not copied).
         branches: ``ModuleDict`` of branches keyed by site path with ``/`` for ``.``.
         sites: the :class:`Site` list, in module order.
-        mode: ``"fx"`` or ``"hooks"``; ``fallback_reason`` says why fx was not used.
+        mode: ``"fx"`` or ``"hooks"``; ``fallback_reason`` says why fx was not used. In hooks mode a fused site
+            replaces its op's ``forward`` on the instance (until :meth:`strip`) instead of adding a forward hook.
     """
 
     def __init__(self, module: nn.Module, sites: list[Site], mode: Literal["fx", "hooks"],
@@ -117,11 +136,11 @@ class RelaxedModel(nn.Module):
         self.mode = mode
         self.fallback_reason = fallback_reason
         self._graph = graph
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._undo: list[Callable[[], Any]] = []  # detach the hooks / forward overrides of hooks mode
         self._stripped = False
         if mode == "hooks":
             for site in sites:
-                self._hooks.append(site.op.register_forward_hook(_hook(site), with_kwargs=True))
+                self._undo.append(_attach(site))
         self._build()
 
     # -- the forward pass ----------------------------------------------------------------------------------------
@@ -195,9 +214,9 @@ class RelaxedModel(nn.Module):
 
     def strip(self) -> nn.Module:
         """Remove the branches and return the user's module (same object, same parameters, same keys)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
+        for undo in self._undo:
+            undo()
+        self._undo.clear()
         self._stripped = True
         return self.module
 
@@ -209,11 +228,23 @@ class RelaxedModel(nn.Module):
         return f"mode={self.mode}, sites={len(self.sites)}"
 
 
-def _hook(site: Site) -> Any:
+def _attach(site: Site) -> Callable[[], Any]:
+    """Hooks mode: a forward hook adding the branch, or for a fused site an instance-level ``forward`` that runs
+    :meth:`Site.call`. Returns the function that detaches it again."""
+    op = site.op
+    if site.fused:
+        run_op = op.forward  # the op's own (bound) forward, for the projected model
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return site.call(run_op, args, kwargs)
+
+        op.forward = forward  # type: ignore[method-assign]
+        return lambda: op.__dict__.pop("forward", None)
+
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         return site(output, args, kwargs)
 
-    return hook
+    return op.register_forward_hook(hook, with_kwargs=True).remove
 
 
 def find_sites(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
@@ -246,7 +277,7 @@ def _trace(model: nn.Module, sites: list[Site]) -> fx.Graph:
 
 
 def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
-          init_std: float = 1e-4, adapters: list[OpAdapter] | None = None) -> RelaxedModel:
+          init_std: float = 1e-4, adapters: list[OpAdapter] | None = None, fuse: bool = True) -> RelaxedModel:
     """Insert a branch ``θ · B(x)`` beside every known equivariant linear op of ``model``.
 
     Args:
@@ -256,6 +287,8 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
         init_std: the branch weights start as ``N(0, init_std²)``; 0 starts exactly at the equivariant model.
         adapters: the op adapters to use (default: the registry, see :func:`relaxcli.register_op`). A module from
             :func:`relaxcli.load_program` brings its own (the sites recorded in the ``.pt2``), tried first.
+        fuse: run an op and its branch as one product with the matrix ``op + θ W`` where the adapter can (VN
+            linears, escnn convolutions): the same map at lower cost. False keeps them separate.
 
     Returns:
         a :class:`RelaxedModel`; θ starts at 0.
@@ -278,7 +311,8 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
             f"exclude={list(exclude)}); known ops: e3nn o3.Linear, e3nn tensor products with internal weights, "
             "Vector-Neuron linears, and ops registered with relaxcli.register_op"
         )
-    sites = [Site(path, module, adapter, adapter.make_branch(module, init_std)) for path, module, adapter in found]
+    sites = [Site(path, module, adapter, adapter.make_branch(module, init_std), fused=fuse and adapter.can_fuse(module))
+             for path, module, adapter in found]
     ref = next(iter(model.parameters()), None)
     if ref is not None:
         for s in sites:

@@ -259,6 +259,7 @@ class RelaxConfig:
     include: list[str] = field(default_factory=lambda: ["*"])  # fnmatch globs on module paths
     exclude: list[str] = field(default_factory=list)
     ops: list[OpConfig] = field(default_factory=list)  # the user's own equivariant layers, beside the built-in ones
+    fuse: bool = True  # run an op and its branch as one product (op + θW) where the adapter can: VN linears, R2Conv
     branch: BranchConfig = field(default_factory=BranchConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     theta: ThetaConfig = field(default_factory=ThetaConfig)

@@ -85,11 +85,12 @@ class ConvBranch(Branch):
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.pad(x, (pw, pw, ph, ph), mode=mode)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:  # noqa: A003
-        w = self.weight.view(self.c_out, self.c_in, *self.kernel_size)
+    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None,  # noqa: A003
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+        w = (self.weight if weight is None else weight).view(self.c_out, self.c_in, *self.kernel_size)
         if self.padding_mode == "zeros":
-            return F.conv2d(x, w, None, self.stride, self.padding, self.dilation)
-        return F.conv2d(self._pad(x), w, None, self.stride, 0, self.dilation)
+            return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(self._pad(x), w, bias, self.stride, 0, self.dilation)
 
     def rows(self, x: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
         xp = self._pad(x)
@@ -191,6 +192,19 @@ class EscnnConvAdapter(_GeometricTensorOp):
         return ConvBranch(in_type.size, out_type.size, k, _pair(module.stride), _pair(module.padding),
                           _pair(module.dilation), str(getattr(module, "padding_mode", "zeros")), init_std,
                           rep_in, rep_out)
+
+    def can_fuse(self, module: nn.Module) -> bool:
+        return getattr(type(module).forward, "__qualname__", "") == "R2Conv.forward"  # escnn's own forward
+
+    def fused(self, module: nn.Module, branch: Branch, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # R2Conv.forward with the expanded filter plus θ W: one convolution instead of two
+        x = args[0] if args else next(iter(kwargs.values()))
+        if x.type != module.in_type:
+            raise TypeError(f"{self.name}: input field type {x.type} is not the layer's in_type {module.in_type}")
+        filt, bias = module.expand_parameters() if module.training else (module.filter, module.expanded_bias)
+        assert isinstance(branch, ConvBranch)
+        out = branch.apply(x.tensor, filt.reshape(branch.weight.shape) + branch.theta * branch.weight, bias)
+        return import_escnn().nn.GeometricTensor(out, module.out_type, coords=None)
 
 
 class EscnnLinearAdapter(_GeometricTensorOp):

@@ -18,7 +18,7 @@ escnn = pytest.importorskip("escnn", reason="escnn is an optional extra (relaxcl
 import relaxcli  # noqa: E402
 from relaxcli import RelaxError  # noqa: E402
 from relaxcli.adapters import find_adapter  # noqa: E402
-from relaxcli.build import load_user_state  # noqa: E402
+from relaxcli.build import load_user_state, user_state  # noqa: E402
 from relaxcli.models import SteerableCNN  # noqa: E402
 from relaxcli.recipe import load_recipe  # noqa: E402
 from relaxcli.regularizers import site_terms  # noqa: E402
@@ -112,6 +112,32 @@ def test_relaxed_model_uses_hooks_equals_the_original_with_zero_branches_and_pro
     assert exact.relative < 1e-5
 
 
+def test_fused_convolution_equals_the_op_plus_its_branch_in_train_and_eval_mode() -> None:
+    torch.manual_seed(1)
+    model = SteerableCNN(group="C", n=4, channels=2, num_layers=3, kernel_size=3)
+    twin = SteerableCNN(group="C", n=4, channels=2, num_layers=3, kernel_size=3)
+    load_user_state(twin, user_state(model))
+    x = torch.randn(2, 1, 8, 8)
+    fused, separate = relaxcli.relax(model, init_std=0.1), relaxcli.relax(twin, init_std=0.1, fuse=False)
+    separate.branches.load_state_dict(fused.branches.state_dict())
+    assert all(s.fused for s in fused.sites) and not any(s.fused for s in separate.sites)
+    for train in (True, False):  # R2Conv expands its filter in train mode and caches it in eval mode
+        outs, grads = [], []
+        for relaxed in (fused, separate):
+            relaxed.train(train)
+            relaxed.set_theta(0.5)
+            relaxed.zero_grad()
+            out = relaxed(x)
+            out.square().sum().backward()
+            outs.append(out)
+            grads.append([p.grad for p in (*relaxed.module.parameters(), *relaxed.branch_parameters())])
+        assert torch.allclose(outs[0], outs[1], atol=1e-5)
+        if train:  # eval mode caches the filter outside autograd: only the branches get gradients
+            assert all((a - b).abs().max() < 1e-5 * b.abs().max() for a, b in zip(*grads))
+    fused.strip()
+    assert not any("forward" in s.op.__dict__ for s in fused.sites)
+
+
 def test_train_project_and_strict_eval_mode_load(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     relax = [sys.executable, "-m", "relaxcli"]
@@ -120,7 +146,7 @@ def test_train_project_and_strict_eval_mode_load(tmp_path: Path) -> None:
     proc = subprocess.run([*relax, "train", str(RECIPES / "grid_relaxed.yaml"), *overrides, "--run-dir",
                            str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "graph pass: hooks" in proc.stdout + proc.stderr and "py3nj" not in proc.stderr
+    assert "relaxed 3 sites (3 fused with their op), graph pass: hooks" in proc.stderr and "py3nj" not in proc.stderr
     out = tmp_path / "projected.safetensors"
     proc = subprocess.run([*relax, "project", str(tmp_path / "run" / "checkpoints" / "best.safetensors"), "-o",
                            str(out)], env=env, capture_output=True, text=True, timeout=600)

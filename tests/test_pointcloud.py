@@ -165,20 +165,56 @@ def test_vnpointnet_is_invariant(clouds: torch.Tensor, k: int | None) -> None:
     assert invariance(calibrated(model64, clouds.double()), clouds.double()) < 1e-10
 
 
-def test_relax_finds_every_vnlinear_and_zero_branches_change_nothing(clouds: torch.Tensor) -> None:
+@pytest.mark.parametrize("fuse", [False, True])
+def test_relax_finds_every_vnlinear_and_zero_branches_change_nothing(clouds: torch.Tensor, fuse: bool) -> None:
     torch.manual_seed(1)
     model = VNPointNet(C, hidden=8, num_layers=3, k=4)
     expected = model(clouds)
-    relaxed = relaxcli.relax(model, init_std=0.0)
+    relaxed = relaxcli.relax(model, init_std=0.0, fuse=fuse)
     assert relaxed.mode == "fx"
     vn_paths = [name for name, m in model.named_modules() if isinstance(m, VNLinear)]
     assert [s.path for s in relaxed.sites] == vn_paths and len(vn_paths) == 2 * 3 + 1
+    assert all(s.fused == fuse for s in relaxed.sites)
     assert relaxed.dry_run(clouds) == {p: 1 for p in vn_paths}
     relaxed.set_theta(1.0)
-    assert torch.equal(relaxed(clouds), expected)
-    with relaxed.projected():
+    if fuse:  # one product with kron(W, I3) + θ·0: the same sums in another order
+        assert torch.allclose(relaxed(clouds), expected, rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(relaxed(clouds), expected)
+    with relaxed.projected():  # the projected model always runs the user's own op
         assert torch.equal(relaxed(clouds), expected)
     assert list(relaxed.module.state_dict()) == list(VNPointNet(C, hidden=8, num_layers=3, k=4).state_dict())
+
+
+@pytest.mark.parametrize("mode", ["fx", "hooks"])
+def test_fused_sites_give_the_same_outputs_and_gradients_as_separate_ones(clouds: torch.Tensor, mode: str) -> None:
+    torch.manual_seed(3)
+    model = VNPointNet(C, hidden=8, num_layers=2, k=4)
+    twin = VNPointNet(C, hidden=8, num_layers=2, k=4)
+    twin.load_state_dict(model.state_dict())
+    original = model(clouds).detach()
+    fused = relaxcli.relax(model, mode=mode, init_std=0.3)
+    separate = relaxcli.relax(twin, mode=mode, init_std=0.3, fuse=False)
+    separate.branches.load_state_dict(fused.branches.state_dict())
+    assert all(s.fused for s in fused.sites) and not any(s.fused for s in separate.sites)
+    results = []
+    for relaxed in (fused, separate):
+        for b in relaxed.branches.values():
+            b.learn_theta(0.7)  # a learnable θ (ACE's γ): its gradient is compared too
+        out = relaxed(clouds)
+        captured = [b.captured[0] for b in relaxed.branches.values()]
+        out.square().sum().backward()
+        grads = [p.grad for p in (*relaxed.module.parameters(), *relaxed.branch_parameters())]
+        results.append((out, captured, grads))
+    (out_f, cap_f, grad_f), (out_s, cap_s, grad_s) = results
+    assert torch.allclose(out_f, out_s, atol=1e-5) and not torch.allclose(out_f, original, atol=1e-3)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(cap_f, cap_s))  # the regulariser's inputs
+    assert all((a - b).abs().max() < 1e-5 * b.abs().max() for a, b in zip(grad_f, grad_s))  # float32 rounding
+    if mode == "hooks":  # a fused site replaces its op's forward on the instance, and strip() undoes it
+        assert all("forward" in s.op.__dict__ for s in fused.sites)
+        fused.strip()
+        assert not any("forward" in s.op.__dict__ for s in fused.sites)
+        assert torch.equal(model(clouds), original)
 
 
 def test_random_branches_break_invariance(clouds: torch.Tensor) -> None:
