@@ -84,7 +84,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"standard": [], "relaxed": []}
     # every run gets a fresh process; --jobs N runs N of them side by side (give each --threads 1)
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=set_threads,
-                             initargs=(args.threads,)) as pool:
+                             initargs=(args.threads,), max_tasks_per_child=1) as pool:
         futures = [pool.submit(run_one, recipe, overrides, run_dir) for _, _, recipe, overrides, run_dir in jobs]
         for (seed, variant, _, _, run_dir), future in zip(jobs, futures):
             summary = future.result()
