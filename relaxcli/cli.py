@@ -38,6 +38,24 @@ _debug = False  # set by main() when --debug is on the command line
 _argv: list[str] = []  # the command line as main() got it (for `train --nproc`, which re-launches it)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        out.print(f"relax {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error (anywhere on the command "
+                                                        "line).")] = False,
+) -> None:
+    """Constraint relaxation for equivariant networks: train relaxed, project back, inspect."""
+
+
 def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """User errors become one paragraph on stderr and an exit code; tracebacks only with --debug."""
 
@@ -104,9 +122,9 @@ def train(
                                             "torchrun; one GPU each on CUDA).", min=1)] = 1,
 ) -> None:
     """Train the recipe's model (relaxed unless relax.enabled is false); validation reports the projected model."""
-    from .distributed import init_from_env
     from .recipe import dump_recipe, load_recipe
-    from .trainer import Trainer
+    from .run.distributed import init_from_env
+    from .run.trainer import Trainer
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(nproc)
@@ -192,38 +210,30 @@ def _announce(trainer: Any) -> Any:
     r = trainer.relaxed
     if r is None:
         err.print("standard training (relax.enabled is false)", highlight=False)
-    else:
-        from .build import call_args, example_batch, to_device
-
-        reason = f"; {r.fallback_reason}" if r.mode == "hooks" and r.fallback_reason else ""
-        fused = sum(s.fused for s in r.sites)
-        fused_note = f" ({fused} fused with their op)" if fused else ""
-        err.print(f"relaxed {len(r.sites)} sites{fused_note}, graph pass: {r.mode}{reason}", highlight=False)
-        inputs, _ = example_batch(trainer.splits.val, 2)
-        r.eval()
-        args, kwargs = call_args(to_device(inputs, trainer.device, trainer.dtype))
-        counts = r.dry_run(*args, **kwargs)
-        r.train()
-        for path, n in counts.items():
-            if n != 1:
-                err.print(f"warning: site {path} fired {n} times in one forward pass"
-                          + (" (bypassed: its branch is never used)" if n == 0 else " (a shared module)"),
-                          highlight=False)
+        return trainer
+    reason = f"; {r.fallback_reason}" if r.mode == "hooks" and r.fallback_reason else ""
+    fused = sum(s.fused for s in r.sites)
+    fused_note = f" ({fused} fused with their op)" if fused else ""
+    err.print(f"relaxed {len(r.sites)} sites{fused_note}, graph pass: {r.mode}{reason}", highlight=False)
+    for path, n in trainer.site_calls().items():
+        if n != 1:
+            err.print(f"warning: site {path} fired {n} times in one forward pass"
+                      + (" (bypassed: its branch is never used)" if n == 0 else " (a shared module)"),
+                      highlight=False)
     return trainer
 
 
-def _print_summary(s: dict) -> None:
-    from .trainer import EVAL_METRICS
-
+def _print_summary(s: dict[str, Any]) -> None:
     kind = "relaxed" if s["relaxed"] else "standard"
     out.print(f"{s['name']} ({kind} training, seed {s['seed']}): best epoch {s['best_epoch']}, "
               f"val (projected) {_fmt(s['val_projected'])}, test (projected) {_fmt(s['test_projected'])}"
               + (f", test (relaxed) {_fmt(s['test_relaxed'])}" if s["test_relaxed"] is not None else ""),
               highlight=False)
-    for name in EVAL_METRICS:
-        if s.get(f"test_projected_{name}") is not None:
+    for key in s:  # the recipe's trainer.metrics, e.g. test_projected_accuracy
+        if key.startswith("test_projected_") and s[key] is not None:
+            name = key.removeprefix("test_projected_")
             relaxed = s.get(f"test_relaxed_{name}")
-            out.print(f"test {name} (projected) {_fmt(s[f'test_projected_{name}'])}"
+            out.print(f"test {name} (projected) {_fmt(s[key])}"
                       + (f", (relaxed) {_fmt(relaxed)}" if relaxed is not None else ""), highlight=False)
     if "best_relaxed_checkpoint" in s:
         out.print(f"relaxed model with γ kept: best epoch {s['best_relaxed_epoch']}, val {_fmt(s['val_relaxed'])}, "
@@ -235,42 +245,37 @@ def _print_summary(s: dict) -> None:
         out.print(f"  or: relax project --keep-gamma {s['best_relaxed_checkpoint']}", highlight=False)
 
 
-def _dry_run(rec) -> None:  # type: ignore[no-untyped-def]
-    from torch.utils.data import default_collate
-
-    from .inspection import site_rows
-    from .trainer import Trainer
+def _dry_run(rec: Any) -> None:
+    from .run.inspect import site_rows
+    from .run.symmetry import example_inputs
+    from .run.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(rec, Path(tmp), progress=False)
-        batch = default_collate([trainer.splits.train[i] for i in range(min(rec.trainer.batch_size,
-                                                                            len(trainer.splits.train)))])
-        step = trainer._train_step(batch)
+        step, _ = trainer.dry_run()
         out.print(f"{rec.name}: one training step ok: loss {step['loss']:.4g} (task {step['task']:.4g}); "
                   f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all", highlight=False)
         if trainer.relaxed is None:
             out.print("relax.enabled is false: standard training, no sites", highlight=False)
             return
-        from .build import example_batch
-
-        inputs, _ = example_batch(trainer.splits.val, 4)
         out.print(f"graph pass: {trainer.relaxed.mode}"
                   + (f" ({trainer.relaxed.fallback_reason})" if trainer.relaxed.fallback_reason else ""),
                   highlight=False)
-        _site_table(site_rows(trainer.relaxed, inputs))
+        _site_table(site_rows(trainer.relaxed, example_inputs(rec, 4)))
 
 
-def _site_table(rows: list) -> None:  # type: ignore[type-arg]
-    ace = any(r.dual is not None for r in rows)
-    slack = any(r.slack is not None for r in rows)
+def _site_table(rows: list[Any]) -> None:
+    from .run.runlog import symbol
+
+    learnt = list(dict.fromkeys(k for r in rows for k in r.schedule))  # a learnt schedule's own numbers (ACE: λ, u)
     table = Table(title="relaxed sites")
-    columns = ["site", "op", "in", "out", "γ" if ace else "θ", *(["λ"] if ace else []), *(["u"] if slack else []),
-               "‖B‖", "proj. norm", "Lie deriv.", "discrete", "calls"]
+    columns = ["site", "op", "in", "out", "γ" if learnt else "θ", *map(symbol, learnt), "‖B‖", "proj. norm", "Lie deriv.",
+               "discrete", "calls"]
     for col in columns:
         table.add_column(col, justify="right" if col not in ("site", "op", "in", "out") else "left")
     for r in rows:
-        duals = ([f"{r.dual:.3g}"] if ace else []) + ([f"{r.slack:.3g}"] if slack else [])
-        table.add_row(r.path, r.op.rsplit(".", 1)[-1], r.rep_in, r.rep_out, f"{r.theta:.3g}", *duals,
+        own = [f"{r.schedule[k]:.3g}" if k in r.schedule else "-" for k in learnt]
+        table.add_row(r.path, r.op.rsplit(".", 1)[-1], r.rep_in, r.rep_out, f"{r.theta:.3g}", *own,
                       f"{r.weight_norm:.3g}", f"{r.projection:.3g}", f"{r.lie:.3g}", f"{r.discrete:.3g}",
                       str(r.calls) if r.calls == 1 else f"[bold red]{r.calls}[/]")
     out.print(table)
@@ -295,7 +300,7 @@ def project(
                                              "enforced.")] = False,
 ) -> None:
     """Strip the branches, verify equivariance, write the user's state_dict (exactly its keys) as safetensors."""
-    from .projection import project_checkpoint
+    from .run.deliver import project_checkpoint
 
     path, report, program = project_checkpoint(checkpoint, output, tolerance=tolerance, trials=trials,
                                                samples=samples, verify=not skip_verify, overwrite=overwrite,
@@ -323,7 +328,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Write a projected checkpoint as a torch.export program (.pt2) with a symbolic batch dimension."""
-    from .projection import export_checkpoint_file
+    from .run.deliver import export_checkpoint_file
 
     path = export_checkpoint_file(checkpoint, output, samples=samples, overwrite=overwrite)
     out.print(f"wrote {path} (checked: it reproduces the model on {samples} validation samples)", highlight=False)
@@ -342,7 +347,7 @@ def inspect(
 ) -> None:
     """Per-site branch norms and whole-model equivariance error of a recipe's model or a checkpoint."""
     from .errors import EquivarianceError
-    from .inspection import inspect_path
+    from .run.inspect import inspect_path
 
     report = inspect_path(model, samples=samples, trials=trials)
     if as_json:

@@ -26,3 +26,9 @@ class EquivarianceError(RelaxError):
     """A model that must be equivariant is not, within the tolerance."""
 
     exit_code = 3
+
+
+class TrustError(RelaxError):
+    """A file asks to run code (a component outside the allowlist) that the user has not said to trust."""
+
+    exit_code = 2

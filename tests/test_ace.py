@@ -13,7 +13,7 @@ from e3nn import o3
 from torch import nn
 
 from relaxcli import Regularizer, make_schedule, relax
-from relaxcli.schedules import Ace, AceElastic
+from relaxcli.core.schedules import Ace, AceElastic
 
 
 class TwoSites(nn.Module):

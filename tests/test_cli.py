@@ -16,12 +16,13 @@ import safetensors.torch
 import torch
 import yaml
 
-from relaxcli.checkpoint import load_checkpoint
-from relaxcli.data import NBodyData
-from relaxcli.models import SEGNN
+from relaxcli.run.batches import example_batch
+from relaxcli.run.checkpoint import load_checkpoint
+from relaxcli.tasks import NBodyData
+from relaxcli.tasks import SEGNN
 
 RELAX = [sys.executable, "-m", "relaxcli"]
-MODEL = {"_component_": "relaxcli.models.SEGNN", "hidden_irreps": "4x0e+4x1o", "num_layers": 1}
+MODEL = {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": "4x0e+4x1o", "num_layers": 1}
 
 
 def tiny_recipe(tmp: Path, name: str = "tiny", epochs: int = 4, train: int = 40, **relax: object) -> Path:
@@ -29,7 +30,7 @@ def tiny_recipe(tmp: Path, name: str = "tiny", epochs: int = 4, train: int = 40,
         "name": name,
         "seed": 3,
         "model": MODEL,
-        "data": {"_component_": "relaxcli.data.NBodyData", "train": train, "val": 20, "test": 20, "seed": 1},
+        "data": {"_component_": "relaxcli.tasks.NBodyData", "train": train, "val": 20, "test": 20, "seed": 1},
         "optimizer": {"_component_": "torch.optim.Adam", "lr": 3e-3},
         "trainer": {"epochs": epochs, "batch_size": 10, "log_every": 2, "device": "cpu"},
         "symmetry": {"inputs": ["cartesian_points", "1x1o", None], "output": "cartesian_points"},
@@ -145,9 +146,9 @@ def test_clear_errors_for_missing_and_corrupted_inputs(tmp_path: Path) -> None:
     proc = run("inspect", "missing.safetensors", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "does not exist" in proc.stderr
     recipe = tiny_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("relaxcli.models.SEGNN", "relaxcli.models.SEGNNN"))
+    recipe.write_text(recipe.read_text().replace("relaxcli.tasks.SEGNN", "relaxcli.tasks.SEGNNN"))
     proc = run("train", recipe, cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "cannot import relaxcli.models.SEGNNN" in proc.stderr
+    assert proc.returncode == 2 and "cannot import relaxcli.tasks.SEGNNN" in proc.stderr
     assert "did you mean 'SEGNN'" in proc.stderr
 
 
@@ -229,15 +230,15 @@ def test_standard_twin_trains_the_plain_model(tmp_path: Path) -> None:
 
 
 def test_initial_weights_from_the_recipe(tmp_path: Path) -> None:
-    from relaxcli.build import build_model
+    from relaxcli.run.build import build_model
     from relaxcli.recipe import load_recipe
 
     torch.manual_seed(5)
     source = SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1)
     safetensors.torch.save_file(source.state_dict(), str(tmp_path / "init.safetensors"))
     recipe = tiny_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("  _component_: relaxcli.models.SEGNN",
-                                                 "  _component_: relaxcli.models.SEGNN\n  _weights_: init.safetensors"))
+    recipe.write_text(recipe.read_text().replace("  _component_: relaxcli.tasks.SEGNN",
+                                                 "  _component_: relaxcli.tasks.SEGNN\n  _weights_: init.safetensors"))
     model = build_model(load_recipe(recipe))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
     safetensors.torch.save_file({"embed.weight": torch.zeros(3)}, str(tmp_path / "init.safetensors"))
@@ -279,8 +280,8 @@ def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path) -> None
     stored = load_checkpoint(kept_ckpt)
     thetas = {k: float(v) for k, v in stored.branch_state().items() if k.endswith(".theta")}
     assert {f"{k}.theta": float(b.theta) for k, b in kept.branches.items()} == thetas
-    inputs, _ = relaxcli.build.example_batch(NBodyData(train=40, val=20, test=20, seed=1,
-                                                       field=0.5, cache_dir=tmp_path / "cache").val, 4)
+    inputs, _ = example_batch(NBodyData(train=40, val=20, test=20, seed=1,
+                                         field=0.5, cache_dir=tmp_path / "cache").val, 4)
     kept.eval()
     with torch.no_grad():
         with kept.projected():
@@ -288,7 +289,7 @@ def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path) -> None
         assert not torch.allclose(kept(*inputs), projected(*inputs), atol=1e-4)
 
     report = json.loads(run("inspect", "kept.safetensors", "--json", cwd=tmp_path).stdout)
-    assert all(row["dual"] is not None and row["slack"] is not None for row in report["sites"])
-    assert any(note.startswith("ACE:") for note in report["notes"])
+    assert all(set(row["schedule"]) == {"lambda", "u"} for row in report["sites"])
+    assert any(note.startswith("learnt schedule:") for note in report["notes"])
     table = run("inspect", "kept.safetensors", cwd=tmp_path).stdout
     assert "λ" in table and "γ" in table

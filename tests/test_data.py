@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import relaxcli.data as data_mod
-from relaxcli.data import NBodyData, baseline_mse, simulate_charged_nbody
+import relaxcli.tasks.nbody as data_mod
+from relaxcli.tasks.nbody import NBodyData, baseline_mse, simulate_charged_nbody
 
 SHORT = (2, 4)  # 500 integrator steps: enough for bookkeeping tests, much faster than (30, 40)
 
@@ -204,7 +204,7 @@ def test_default_cache_dir_from_env(tmp_path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_allen_cahn_fields_are_deterministic_and_d4_symmetric() -> None:
-    from relaxcli.data import AllenCahnData, simulate_allen_cahn
+    from relaxcli.tasks.grid import AllenCahnData, simulate_allen_cahn
 
     a = AllenCahnData(train=8, val=4, test=4, size=16, seed=3)
     b = AllenCahnData(train=12, val=4, test=4, size=16, seed=3)

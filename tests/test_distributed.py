@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from relaxcli.checkpoint import load_checkpoint
+from relaxcli.run.checkpoint import load_checkpoint
 
 RELAX = [sys.executable, "-m", "relaxcli"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "relaxcli"]
@@ -27,8 +27,8 @@ def recipe(tmp: Path, epochs: int, theta: dict) -> Path:
     data = {
         "name": "ddp",
         "seed": 5,
-        "model": {"_component_": "relaxcli.models.SEGNN", "hidden_irreps": "4x0e+4x1o", "num_layers": 1},
-        "data": {"_component_": "relaxcli.data.NBodyData", "train": 31, "val": 15, "test": 15, "seed": 1},
+        "model": {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": "4x0e+4x1o", "num_layers": 1},
+        "data": {"_component_": "relaxcli.tasks.NBodyData", "train": 31, "val": 15, "test": 15, "seed": 1},
         "optimizer": {"_component_": "torch.optim.Adam", "lr": 3e-3},
         "trainer": {"epochs": epochs, "batch_size": 7, "log_every": 2, "device": "cpu", "dtype": "float64",
                     "grad_clip": 1.0},

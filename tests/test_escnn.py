@@ -17,12 +17,12 @@ escnn = pytest.importorskip("escnn", reason="escnn is an optional extra (relaxcl
 
 import relaxcli  # noqa: E402
 from relaxcli import RelaxError  # noqa: E402
-from relaxcli.adapters import find_adapter  # noqa: E402
-from relaxcli.build import load_user_state, user_state  # noqa: E402
-from relaxcli.models import SteerableCNN  # noqa: E402
+from relaxcli.ops import find_adapter  # noqa: E402
+from relaxcli.run.checkpoint import load_user_state, user_state  # noqa: E402
+from relaxcli.tasks import SteerableCNN  # noqa: E402
 from relaxcli.recipe import load_recipe  # noqa: E402
-from relaxcli.regularizers import site_terms  # noqa: E402
-from relaxcli.steerable import ConvBranch, grid_permutation  # noqa: E402
+from relaxcli.core.regularizers import site_terms  # noqa: E402
+from relaxcli.ops.steerable import ConvBranch, grid_permutation  # noqa: E402
 from relaxcli.testing import equivariance_error  # noqa: E402
 
 from escnn import gspaces  # noqa: E402

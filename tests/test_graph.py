@@ -9,8 +9,8 @@ from e3nn import o3
 
 import relaxcli
 from relaxcli import RelaxError, VNLinear
-from relaxcli.models import SEGNN
-from relaxcli.reps import default_dtype
+from relaxcli.tasks import SEGNN
+from relaxcli.core.reps import default_dtype
 from relaxcli.testing import assert_equivariant, equivariance_error
 
 SPEC_IN = ["cartesian_points", "1o", None]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from relaxcli import metrics
-from relaxcli.metrics import MetricsLog, flatten_record, summarize, write_csv, write_plots
+from relaxcli.run import reports as metrics
+from relaxcli.run.reports import flatten_record, summarize, write_csv, write_plots
+from relaxcli.run.runlog import MetricsLog
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SITES = ("layers.0.tp", "layers.1.tp", "head.lin")
@@ -199,16 +200,15 @@ def test_plots_of_empty_records_write_nothing(tmp_path: Path) -> None:
 
 
 def test_plots_do_not_import_pyplot(tmp_path: Path) -> None:
-    # Load metrics.py on its own (not through the relaxcli package, which imports torch) in a fresh interpreter.
+    # In a fresh interpreter: the reports need neither pyplot nor torch.
     records = tmp_path / "records.json"
     records.write_text(json.dumps(relaxed_records()))
     code = (
-        "import importlib.util, json, pathlib, sys\n"
-        f"spec = importlib.util.spec_from_file_location('metrics', {str(Path(metrics.__file__))!r})\n"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "import json, pathlib, sys\n"
+        "import relaxcli.run.reports as m\n"
         f"records = json.loads(pathlib.Path({str(records)!r}).read_text())\n"
         f"assert len(m.write_plots(records, pathlib.Path({str(tmp_path)!r}))) == 3\n"
-        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert 'matplotlib.pyplot' not in sys.modules and 'torch' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

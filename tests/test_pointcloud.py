@@ -15,16 +15,16 @@ import torch
 from torch.utils.data import DataLoader
 
 import relaxcli
-import relaxcli.data as data_mod
+import relaxcli.tasks.pointcloud as data_mod
 from relaxcli import RelaxError
-from relaxcli.build import load_model
-from relaxcli.data import POINTCLOUD_CLASSES, PointCloudData, sample_shapes, shape_surface_residual
-from relaxcli.trainer import accuracy
-from relaxcli.models import VNPointNet
+from relaxcli.run.build import load_model
+from relaxcli.tasks.pointcloud import POINTCLOUD_CLASSES, PointCloudData, sample_shapes, shape_surface_residual
+from relaxcli.run.evaluation import accuracy
+from relaxcli.tasks import VNPointNet
 from relaxcli.recipe import load_recipe
-from relaxcli.reps import default_dtype
+from relaxcli.core.reps import default_dtype
 from relaxcli.testing import equivariance_error
-from relaxcli.vn import VNLinear
+from relaxcli.ops.vector_neurons import VNLinear
 
 RECIPES = Path(relaxcli.__file__).parent / "recipes"
 C = len(POINTCLOUD_CLASSES)
@@ -239,7 +239,7 @@ def test_recipe_pair_differs_only_in_relax() -> None:
     for d in (a, b):
         del d["name"], d["relax"]
     assert a == b
-    assert relaxed.model.target == "relaxcli.models.VNPointNet" and relaxed.loss.target == "torch.nn.CrossEntropyLoss"
+    assert relaxed.model.target == "relaxcli.tasks.VNPointNet" and relaxed.loss.target == "torch.nn.CrossEntropyLoss"
     assert relaxed.symmetry is not None and relaxed.symmetry.inputs == ["cartesian_points"]
     assert relaxed.symmetry.output is None
     assert relaxed.model.kwargs["num_classes"] == len(POINTCLOUD_CLASSES)

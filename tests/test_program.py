@@ -15,7 +15,7 @@ import yaml
 from e3nn import o3
 
 import relaxcli
-from relaxcli.models import SEGNN
+from relaxcli.tasks import SEGNN
 
 RELAX = [sys.executable, "-m", "relaxcli"]
 HIDDEN = "4x0e+4x1o"
@@ -32,7 +32,7 @@ def run(*args: str | Path, cwd: Path, ok: bool = True) -> subprocess.CompletedPr
 def write_recipe(tmp: Path, model: dict) -> Path:
     recipe = {
         "name": "program", "seed": 4, "model": model,
-        "data": {"_component_": "relaxcli.data.NBodyData", "train": 30, "val": 16, "test": 16, "seed": 1},
+        "data": {"_component_": "relaxcli.tasks.NBodyData", "train": 30, "val": 16, "test": 16, "seed": 1},
         "optimizer": {"_component_": "torch.optim.Adam", "lr": 3e-3},
         "trainer": {"epochs": 2, "batch_size": 7, "device": "cpu"},  # a short last batch: the batch is symbolic
         "symmetry": SYMMETRY,
@@ -58,7 +58,7 @@ def test_pt2_model_trained_and_projected_without_source(tmp_path: Path) -> None:
     torch.manual_seed(0)
     source = SEGNN(hidden_irreps=HIDDEN, num_layers=1)
     relaxcli.export_program(source, inputs(4), tmp_path / "segnn.pt2")
-    recipe = write_recipe(tmp_path, {"_component_": "relaxcli.program.load_program", "path": "segnn.pt2"})
+    recipe = write_recipe(tmp_path, {"_component_": "relaxcli.ops.program.load_program", "path": "segnn.pt2"})
 
     proc = run("train", recipe, "--run-dir", "run", cwd=tmp_path)
     assert "relaxed 7 sites" in proc.stderr  # the sites recorded in the .pt2, found by path in the program
@@ -83,7 +83,7 @@ def test_pt2_model_trained_and_projected_without_source(tmp_path: Path) -> None:
 
 
 def test_export_projected_checkpoint_of_a_source_model(tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, {"_component_": "relaxcli.models.SEGNN", "hidden_irreps": HIDDEN,
+    recipe = write_recipe(tmp_path, {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": HIDDEN,
                                      "num_layers": 1})
     run("train", recipe, "--run-dir", "run", cwd=tmp_path)
     best = tmp_path / "run" / "checkpoints" / "best.safetensors"

@@ -17,6 +17,7 @@ from relaxcli.recipe import (
     instantiate,
     load_recipe,
     loads_recipe,
+    recipe_from_dict,
 )
 
 VALID = """\
@@ -75,7 +76,7 @@ def test_dump_load_round_trip(tmp_path: Path) -> None:
     again = load_recipe(write(tmp_path, dumped, "resolved.yaml"))
     assert again == r
     assert again.symmetry is not None and again.symmetry.inputs == ["1x1o", "cartesian_points", None]
-    assert Recipe.from_dict(r.to_dict()) == r
+    assert recipe_from_dict(r.to_dict()) == r
     assert dump_recipe(again) == dumped
 
 
@@ -141,8 +142,8 @@ def test_theta_keys_must_fit_the_schedule(tmp_path: Path) -> None:
     path = tmp_path / "recipe.yaml"
     assert problems_of(excinfo) == [
         f"{path}:16: relax.theta.rho: is not used by schedule 'ace'; it applies to ace_elastic only",
-        "override 'relax.theta.end=0.5': relax.theta.end: is not used by schedule 'ace'; it applies to the hand "
-        "schedules (triangle, constant, linear, cosine) only",
+        "override 'relax.theta.end=0.5': relax.theta.end: is not used by schedule 'ace'; it applies to triangle, "
+        "constant, linear, cosine only",
     ]
     with pytest.raises(RecipeError) as excinfo:
         load_recipe(write(tmp_path, VALID), ["relax.theta.dual_lr=0", "relax.theta.gamma_lr=1e-3"])
@@ -286,7 +287,7 @@ def test_from_dict_validates(tmp_path: Path) -> None:
     d["trainer"]["epochs"] = 0
     d["relax"]["regularizer"]["lie"] = "yes"
     with pytest.raises(RecipeError) as excinfo:
-        Recipe.from_dict(d)
+        recipe_from_dict(d)
     assert problems_of(excinfo) == [
         "<checkpoint>: trainer.epochs: must be >= 1, got 0",
         "<checkpoint>: relax.regularizer.lie: expected true or false, got 'yes' (str); "

@@ -6,8 +6,8 @@ from e3nn import o3
 
 import relaxcli
 from relaxcli import DenseBranch, Regularizer, Rep, VNLinear, VectorBranch, site_terms
-from relaxcli.adapters import IrrepsLinearAdapter
-from relaxcli.reps import default_dtype
+from relaxcli.ops import IrrepsLinearAdapter
+from relaxcli.core.reps import default_dtype
 from relaxcli.testing import intertwiner_dim, intertwiner_residual
 
 IRREPS = [("4x0e+2x1o+1x1e", "3x0e+2x1o+2x1e"), ("2x0e+1x1o+1x2e", "1x0e+2x1o+1x2e+1x2o"), ("1x1o", "1x1e")]
@@ -134,7 +134,7 @@ def test_regulariser_is_per_row_mean_and_subsamples() -> None:
 
 
 def test_grouped_regulariser_equals_the_sum_of_per_site_terms() -> None:
-    from relaxcli.models import SEGNN
+    from relaxcli.tasks import SEGNN
 
     torch.manual_seed(0)
     relaxed = relaxcli.relax(SEGNN("4x0e+4x1o", num_layers=2), init_std=0.1)
@@ -163,7 +163,7 @@ def test_grouped_regulariser_equals_the_sum_of_per_site_terms() -> None:
     (Rep.explicit(torch.randn(2, 6, 6)), Rep.explicit(torch.randn(2, 3, 3))),  # dense matrices stay dense
 ])
 def test_commutator_equals_dense_constraint_matrices(rep_in: Rep, rep_out: Rep) -> None:
-    from relaxcli.regularizers import _Commutator, constraint_matrices
+    from relaxcli.core.regularizers import _Commutator, constraint_matrices
 
     with default_dtype(torch.float64):
         branches = [DenseBranch(rep_in.dim, rep_out.dim, init_std=1.0, rep_in=rep_in, rep_out=rep_out)

@@ -1,7 +1,7 @@
 import pytest
 
 from relaxcli import make_schedule
-from relaxcli.schedules import SCHEDULES
+from relaxcli.core.schedules import SCHEDULES
 
 
 @pytest.mark.parametrize("name", ["triangle", "linear", "cosine"])

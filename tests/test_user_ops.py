@@ -18,7 +18,7 @@ import yaml
 from e3nn import o3
 
 from relaxcli.errors import RecipeError
-from relaxcli.recipe import Recipe
+from relaxcli.recipe import Recipe, recipe_from_dict
 
 RELAX = [sys.executable, "-m", "relaxcli"]
 
@@ -88,7 +88,7 @@ def write_recipe(tmp: Path, ops: list) -> Path:
         "name": "userops",
         "seed": 2,
         "model": {"_component_": "userlayers.Net"},
-        "data": {"_component_": "relaxcli.data.NBodyData", "train": 40, "val": 20, "test": 20, "seed": 1},
+        "data": {"_component_": "relaxcli.tasks.NBodyData", "train": 40, "val": 20, "test": 20, "seed": 1},
         "optimizer": {"_component_": "torch.optim.Adam", "lr": 3e-3},
         "trainer": {"epochs": 3, "batch_size": 10, "device": "cpu"},
         "symmetry": {"inputs": ["cartesian_points", "1x1o", None], "output": "cartesian_points"},
@@ -150,13 +150,13 @@ def test_without_ops_the_user_layers_are_not_found(user_package: Path) -> None:
     ({"layer": "userlayers.Nope"}, "layer", "has no attribute 'Nope'"),
     ({"layer": "userlayers.o3"}, "layer", "is not a torch.nn.Module class"),
     ({"layer": "userlayers.IrrepsDense", "irreps_in": "4x0e+"}, "irreps_in", "neither an attribute name"),
-    ({"layer": "userlayers.IrrepsDense", "channel_axis": 2}, "channel_axis", "does not apply to action 'irreps'"),
+    ({"layer": "userlayers.IrrepsDense", "channel_axis": 2}, "channel_axis", "is not used by action 'irreps'"),
     ({"layer": "userlayers.VectorMix", "action": "vectors"}, "action", "must be one of"),
     ({"irreps_in": "irreps_in"}, "layer", "missing required key"),
 ])
 def test_bad_ops_are_reported_with_their_key(user_package: Path, op: dict, key: str, message: str) -> None:
     data = yaml.safe_load(write_recipe(user_package, [op]).read_text())
     with pytest.raises(RecipeError) as info:
-        Recipe.from_dict(data, "userops.yaml")
+        recipe_from_dict(data, "userops.yaml")
     assert f"relax.ops[0].{key}" in str(info.value) or f"relax.ops.0.{key}" in str(info.value), str(info.value)
     assert message in str(info.value)

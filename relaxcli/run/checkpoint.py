@@ -8,11 +8,15 @@ Two kinds, told apart by the ``format`` metadata key:
 - **projected** (``relaxcli/projected/1``, written by ``relax project``): exactly the keys of the user's
   ``state_dict``, loadable with ``load_state_dict(strict=True)``; metadata names the model component and arguments.
 
+This module is the one owner of the file format: the trainer writes through :func:`save_relaxed`, ``relax project``
+through :func:`save_projected`, and everything reads through :func:`load_checkpoint`. User state dicts are taken and
+loaded in eval mode (:func:`user_state`, :func:`load_user_state`).
+
 Nothing here unpickles: tensors come from safetensors, the rest from JSON. Every write is atomic (temp file, fsync,
 rename), so a killed process leaves either the old file or the new one.
 
 Example:
-    >>> save_checkpoint("last.safetensors", {"model.w": w}, {"format": RELAXED, "recipe": "{...}"})
+    >>> save_relaxed("last.safetensors", model, relaxation, recipe, step=10, epoch=1)
     >>> ckpt = load_checkpoint("last.safetensors"); ckpt.model_state()["w"]
 """
 
@@ -20,20 +24,26 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors
 import safetensors.torch
 import torch
+from torch import nn
 
-from .errors import RelaxError
-from .recipe import Recipe
+from .._version import __version__
+from ..errors import RelaxError
+from ..recipe import Recipe, recipe_from_dict
+from .files import atomic_write
 
-__all__ = ["RELAXED", "PROJECTED", "Checkpoint", "save_checkpoint", "load_checkpoint", "atomic_write",
-           "flatten_state", "unflatten_state", "versions"]
+if TYPE_CHECKING:
+    from .relaxation import Relaxation
+
+__all__ = ["RELAXED", "PROJECTED", "Checkpoint", "save_checkpoint", "save_relaxed", "save_projected",
+           "load_checkpoint", "flatten_state", "unflatten_state", "versions", "user_state", "load_user_state",
+           "load_weights"]
 
 RELAXED = "relaxcli/relaxed/1"
 PROJECTED = "relaxcli/projected/1"
@@ -43,25 +53,7 @@ def versions() -> dict[str, str]:
     """Versions of the packages that shape a checkpoint."""
     import e3nn
 
-    from . import __version__
-
     return {"relaxcli": __version__, "torch": torch.__version__, "e3nn": e3nn.__version__}
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def flatten_state(obj: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
@@ -105,6 +97,78 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
     atomic_write(path, safetensors.torch.save(plain, metadata=meta))
+
+
+def save_relaxed(path: str | os.PathLike, model: nn.Module, relaxation: Relaxation, recipe: Recipe, step: int,
+                 epoch: int, trainer_state: dict[str, Any] | None = None, **metadata: Any) -> None:
+    """A relaxed checkpoint: the user's state dict, the branches (θ, γ) and, with ``trainer_state``, everything
+    needed to resume (a nested state of tensors and plain values: optimiser, schedulers, RNG, counters)."""
+    tensors = {f"model.{k}": v for k, v in user_state(model).items()}
+    tensors.update({f"branches.{k}": v for k, v in relaxation.branch_state().items()})
+    meta: dict[str, Any] = {
+        "format": RELAXED, "recipe": json.dumps(recipe.to_dict()), "step": step, "epoch": epoch,
+        "relaxed": relaxation.enabled, "versions": versions(), "theta": relaxation.theta(),
+        "sites": [s.path for s in relaxation.sites], "relax_mode": relaxation.mode,
+        "site_state": relaxation.site_stats(), **metadata,
+    }
+    if trainer_state is not None:
+        state_tensors, skeleton = flatten_state(trainer_state, "state")
+        tensors.update(state_tensors)
+        meta["trainer_state"] = skeleton
+    save_checkpoint(path, tensors, meta)
+
+
+def save_projected(path: str | os.PathLike, model: nn.Module, recipe: Recipe, **metadata: Any) -> None:
+    """A projected checkpoint: exactly the keys of the user's state dict, loadable with ``strict=True``, and
+    metadata naming the model component, its arguments and the recipe (``metadata`` adds to it)."""
+    state = user_state(model)
+    meta = {"format": PROJECTED, "model_component": recipe.model.target, "model_kwargs": recipe.model.kwargs,
+            "recipe": recipe.to_dict(), "state_dict_keys": list(state), "versions": versions(), **metadata}
+    save_checkpoint(path, dict(state), meta)
+
+
+def user_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` as relax saves and compares it: taken in eval mode. escnn layers keep their expanded
+    ``filter``/``expanded_bias`` only in eval mode (train mode drops them, so the keys differ); a freshly built model
+    has the eval-mode keys as well. For other models the mode changes nothing."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model.state_dict()
+    finally:
+        model.train(was_training)
+
+
+def load_user_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict(strict=True)`` in eval mode (see :func:`user_state`); the mode is restored afterwards, which
+    for escnn re-expands the filters from the loaded weights."""
+    was_training = model.training
+    model.eval()
+    try:
+        model.load_state_dict(state, strict=True)
+    finally:
+        model.train(was_training)
+
+
+def load_weights(model: nn.Module, path: str, what: str) -> None:
+    """Load a safetensors state dict into ``model`` with ``strict=True``; one clear error if the keys differ."""
+    try:
+        state = safetensors.torch.load_file(path)
+    except FileNotFoundError:
+        raise RelaxError(f"{what}: weights file {path} does not exist") from None
+    except Exception as e:
+        raise RelaxError(f"{what}: {path} is not a readable safetensors file ({e})") from None
+    expected = user_state(model)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise RelaxError(f"{what}: {path} does not match {type(model).__name__}: missing keys {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+    try:
+        load_user_state(model, {k: v.to(expected[k].dtype) for k, v in state.items()})
+    except RuntimeError as e:
+        raise RelaxError(f"{what}: {path} does not fit {type(model).__name__}: {str(e).splitlines()[0]}") from None
 
 
 @dataclass
@@ -157,7 +221,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     recipe = None
     if "recipe" in metadata:
         try:
-            recipe = Recipe.from_dict(json.loads(metadata["recipe"]), source=f"{p} (stored recipe)")
+            recipe = recipe_from_dict(json.loads(metadata["recipe"]), source=f"{p} (stored recipe)")
         except json.JSONDecodeError as e:
             raise RelaxError(f"{p}: the stored recipe is not valid JSON ({e}); the checkpoint is damaged") from None
     return Checkpoint(p, "relaxed" if fmt == RELAXED else "projected", tensors, metadata, recipe)

@@ -29,28 +29,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import IrrepsAdapter, OpAdapter, VectorNeuronAdapter
-from .branches import Branch, VectorBranch
-from .errors import RelaxError
-from .graph import find_sites
+from ..core.branches import Branch
+from ..core.graph import find_sites
+from ..errors import RelaxError
+from .base import OpAdapter
+from .registry import ACTIONS
 
 __all__ = ["export_program", "load_program", "program_adapters", "write_program", "export_checkpoint"]
 
 SITES_FILE = "relaxcli_sites.json"  # the recorded sites, an extra file inside the .pt2 archive
 
 
-def _action(path: str, module: nn.Module, adapter: OpAdapter) -> dict[str, Any]:
-    """How the group acts on one site, as plain data (what :class:`ProgramSiteAdapter` needs to rebuild it)."""
-    if isinstance(adapter, IrrepsAdapter):
-        return {"action": "irreps", "irreps_in": str(adapter._irreps(module, adapter.irreps_in)),
-                "irreps_out": str(adapter._irreps(module, adapter.irreps_out))}
-    if isinstance(adapter, VectorNeuronAdapter):
-        b = adapter.make_branch(module, 0.0)
-        assert isinstance(b, VectorBranch)
-        return {"action": "vector_neurons", "in_channels": b.channels_in, "out_channels": b.channels_out,
-                "channel_axis": b.channel_axis, "vector_axis": b.vector_axis}
-    raise RelaxError(f"site {path} ({adapter.name}) has a representation given as matrices, which a .pt2 file "
-                     "cannot record; exclude it or give it as e3nn irreps (relaxcli.IrrepsAdapter)")
+def _record(path: str, module: nn.Module, adapter: OpAdapter) -> dict[str, Any]:
+    try:
+        return adapter.record(module)
+    except TypeError as e:
+        raise RelaxError(f"site {path}: {e}") from None
 
 
 def export_program(model: nn.Module, example_inputs: tuple[Any, ...], path: str | os.PathLike,
@@ -63,7 +57,7 @@ def export_program(model: nn.Module, example_inputs: tuple[Any, ...], path: str 
         path: the output file.
         batch_dim: keep dimension 0 of every tensor input symbolic, so the program takes any batch size.
     """
-    sites = [{"path": p, "op": a.name, **_action(p, m, a)} for p, m, a in find_sites(model)]
+    sites = [{"path": p, "op": a.name, **_record(p, m, a)} for p, m, a in find_sites(model)]
     dynamic = None
     if batch_dim:
         batch = torch.export.Dim("batch")
@@ -100,45 +94,39 @@ def load_program(path: str) -> nn.Module:
     """
     program, sites = _load(path)
     module = torch.export.unflatten(program)
-    module.relax_program = {"path": str(path), "sites": sites}  # type: ignore[assignment]
+    module.relax_program = {"path": str(path), "sites": sites}
+    module.relax_adapters = lambda: program_adapters(module)  # what relaxcli.relax attaches the branches with
     return module
 
 
 class ProgramSiteAdapter(OpAdapter):
-    """One recorded site of a program: matched by identity, its representations from the recorded action."""
+    """One recorded site of a program: matched by identity; its branch and feature from the recorded action,
+    through the adapter class of that action (``ACTIONS``)."""
 
     def __init__(self, module: nn.Module, spec: dict[str, Any]) -> None:
         self.module, self.spec = module, spec
         self.name = f"{spec['op']} (program)"
+        params = {k: v for k, v in spec.items() if k not in ("path", "op", "action")}
+        self.inner = ACTIONS[spec["action"]](type(module), **params)
 
     def matches(self, module: nn.Module) -> bool:
         return module is self.module
 
     def make_branch(self, module: nn.Module, init_std: float) -> Branch:
-        s = self.spec
-        if s["action"] == "irreps":
-            return IrrepsAdapter(type(module), s["irreps_in"], s["irreps_out"]).make_branch(module, init_std)
-        return VectorBranch(s["in_channels"], s["out_channels"], init_std, s["channel_axis"], s["vector_axis"])
+        return self.inner.make_branch(module, init_std)
+
+    def record(self, module: nn.Module) -> dict[str, Any]:
+        return self.inner.record(module)
 
     def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         """An unflattened submodule takes its tensor inputs in the order the program uses them, so the feature is
-        found by shape: the one input whose feature axis has the site's input size."""
-        s = self.spec
-        if s["action"] == "irreps":
-            from e3nn import o3
-
-            dim = o3.Irreps(s["irreps_in"]).dim
-            fits = [a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[-1] == dim]
-        else:
-            axes = max(s["channel_axis"], s["vector_axis"])
-            fits = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > axes
-                    and a.shape[s["channel_axis"]] == s["in_channels"] and a.shape[s["vector_axis"]] == 3]
+        found by shape: the one input that fits the recorded action."""
+        fits = [a for a in args if isinstance(a, torch.Tensor) and self.inner.fits_feature(self.module, a)]
         if len(fits) != 1:
             shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-            raise RelaxError(f"program site {s['path']}: cannot tell its feature among inputs of shapes {shapes} "
-                             f"({len(fits)} fit {s['action']} {s.get('irreps_in', s.get('in_channels'))})")
+            raise RelaxError(f"program site {self.spec['path']}: cannot tell its feature among inputs of shapes "
+                             f"{shapes} ({len(fits)} fit {self.spec})")
         return fits[0]
-
 
     def add(self, output: Any, branch_output: torch.Tensor) -> Any:
         """An unflattened submodule may also return symbolic sizes beside its tensor: the branch joins the one

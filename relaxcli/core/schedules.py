@@ -36,10 +36,19 @@ __all__ = ["Schedule", "ThetaSchedule", "Triangle", "Constant", "LinearDecay", "
 class Schedule:
     """Drives the branches of a :class:`relaxcli.RelaxedModel` over ``total_steps`` optimiser steps.
 
-    Subclasses override the hooks they need; every hook receives the relaxed model.
+    Subclasses override the hooks they need; every hook receives the relaxed model. A schedule is named in a recipe
+    by its key in :data:`SCHEDULES`; ``recipe_keys`` lists the keys of the recipe's ``relax.theta`` section it reads
+    (:meth:`from_recipe`), and the recipe check reports the others as unused.
     """
 
     keeps_relaxation = False  # True: the relaxed model itself is a result (ace_elastic), not only its projection
+    recipe_keys: tuple[str, ...] = ()
+    lr: float | None = None  # optimiser lr of the schedule's own variables (None: the model's)
+
+    @classmethod
+    def from_recipe(cls, options: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Schedule:
+        """Build from the recipe's ``relax.theta`` values of :attr:`recipe_keys` (``options``)."""
+        return cls(total_steps, **options)
 
     def __init__(self, total_steps: int) -> None:
         if total_steps < 1:
@@ -68,12 +77,31 @@ class Schedule:
         pass
 
     def site_state(self, relaxed: torch.nn.Module) -> dict[str, dict[str, float]]:
-        """Per site path, the schedule's own numbers to log (ACE: γ, λ, u)."""
+        """Per site path, the schedule's own learnt numbers to log and plot (ACE: γ, λ, u); none for a hand
+        schedule, whose θ is the same at every site."""
         return {}
+
+    def summary(self, relaxed: torch.nn.Module) -> dict[str, float]:
+        """A few numbers for the progress line: the mean branch scale (``θ``, or ``γ`` for a learnt schedule) and
+        the mean of each of the schedule's own per-site numbers."""
+        thetas = [float(s.branch.theta.detach()) for s in relaxed.sites]
+        out = {"theta": sum(thetas) / max(len(thetas), 1)}
+        per_site = list(self.site_state(relaxed).values())
+        for key in per_site[0] if per_site else ():
+            if key != "gamma":
+                out[key] = sum(v[key] for v in per_site) / len(per_site)
+        return out
 
 
 class ThetaSchedule(Schedule):
     """A schedule that sets one θ for all branches from the step number (see the module docstring)."""
+
+    recipe_keys = ("max", "granularity", "end")
+
+    @classmethod
+    def from_recipe(cls, options: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Schedule:
+        return cls(total_steps, theta_max=options["max"], granularity=options["granularity"],
+                   steps_per_epoch=steps_per_epoch, end=options["end"])
 
     def __init__(self, total_steps: int, theta_max: float = 1.0,
                  granularity: Literal["step", "epoch"] = "step", steps_per_epoch: int | None = None,
@@ -153,6 +181,7 @@ class Ace(Schedule):
         total_steps: the length of training (ACE does not use it).
         dual_lr: η_d, the dual ascent step.
         gamma_init: γ_i at the start (1: training starts from the unconstrained model).
+        gamma_lr: the optimiser's lr for γ (and u); None: the model's.
 
     Example:
         >>> ace = Ace(total_steps=1000, dual_lr=0.01)
@@ -160,11 +189,14 @@ class Ace(Schedule):
         >>> loss = task + ace.penalty(relaxed); loss.backward(); opt.step(); ace.after_step(relaxed, step)
     """
 
-    def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0) -> None:
+    recipe_keys = ("dual_lr", "gamma_init", "gamma_lr")
+
+    def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0,
+                 gamma_lr: float | None = None) -> None:
         super().__init__(total_steps)
         if dual_lr <= 0:
             raise ValueError(f"dual_lr must be > 0, got {dual_lr}")
-        self.dual_lr, self.gamma_init = float(dual_lr), float(gamma_init)
+        self.dual_lr, self.gamma_init, self.lr = float(dual_lr), float(gamma_init), gamma_lr
         self.paths: list[str] = []
         self.lam = torch.zeros(0)
 
@@ -214,9 +246,11 @@ class AceElastic(Ace):
     """
 
     keeps_relaxation = True
+    recipe_keys = (*Ace.recipe_keys, "rho")
 
-    def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0, rho: float = 1.0) -> None:
-        super().__init__(total_steps, dual_lr, gamma_init)
+    def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0,
+                 gamma_lr: float | None = None, rho: float = 1.0) -> None:
+        super().__init__(total_steps, dual_lr, gamma_init, gamma_lr)
         if rho <= 0:
             raise ValueError(f"rho must be > 0, got {rho}")
         self.rho = float(rho)
@@ -253,6 +287,7 @@ class AceElastic(Ace):
         return out
 
 
+#: The schedules a recipe can name (``relax.theta.schedule``): one entry per schedule class.
 SCHEDULES: dict[str, type[Schedule]] = {
     "triangle": Triangle, "constant": Constant, "linear": LinearDecay, "cosine": CosineDecay,
     "ace": Ace, "ace_elastic": AceElastic,

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import _ClassAdapter
-from .branches import Branch, DenseBranch
-from .errors import RelaxError
-from .reps import Rep
+from ..core.branches import Branch, DenseBranch
+from ..core.reps import Rep
+from ..errors import RelaxError
+from .base import ClassAdapter
 
 __all__ = ["ConvBranch", "EscnnConvAdapter", "EscnnLinearAdapter", "field_rep", "grid_permutation",
            "group_generators", "import_escnn"]
@@ -50,8 +50,9 @@ LINEAR = "escnn.nn.modules.linear.Linear"
 
 @functools.cache
 def import_escnn() -> Any:
-    """``import escnn`` (once: branches call this on every forward), without its warning that py3nj is missing (only SO(3) Clebsch-Gordan coefficients need it;
-    relax installs escnn without py3nj on purpose), and with a clear error when escnn is not installed."""
+    """``import escnn`` (once: branches call this on every forward), without its warning that py3nj is missing
+    (only SO(3) Clebsch-Gordan coefficients need it; relax installs escnn without py3nj on purpose), and with a
+    clear error when escnn is not installed."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*py3nj.*")
@@ -161,7 +162,7 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
 
 
-class _GeometricTensorOp(_ClassAdapter):
+class _GeometricTensorOp(ClassAdapter):
     """escnn layers take and return ``GeometricTensor``s: the branch reads ``.tensor`` and the result is rebuilt."""
 
     def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:

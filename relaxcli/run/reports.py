@@ -1,26 +1,9 @@
-"""Training metrics: the append-only ``metrics.jsonl`` log of a run, and its CSV export, plots and summary.
-
-A run directory holds ``metrics.jsonl``, one JSON object per line, told apart by ``"kind"``:
-
-- ``train``: ``step``, ``epoch``, ``loss``, ``task``, ``lr``, ``time`` and, for a relaxed run, ``reg``,
-  ``projection``, ``lie``, ``discrete``, ``theta`` (absent or null for a standard run);
-- ``eval``: ``step``, ``epoch``, ``val_projected``, ``val_relaxed``, ``theta``, ``best`` and ``sites``, a mapping
-  from site path to per-site numbers (``theta``, ``weight_norm``, ``lie``, ``discrete``, maybe ``gamma``, ...);
-- ``test``: ``step``, ``epoch``, ``val_projected``, ``test_projected``, ``test_relaxed``.
+"""Reports of a run, from its metrics log (:mod:`.runlog`): ``metrics.csv``, the plots and the headline summary.
 
 Everything here is generic over keys: unknown keys are carried through the CSV and ignored by the plots.
 
-Each line is flushed and fsynced as it is appended, so a killed run loses at most the line being written, and
-:meth:`MetricsLog.read` skips such a truncated final line. When a run resumes from a checkpoint taken after
-line ``n``, :meth:`MetricsLog.truncate` drops the lines written after it. Other files are written atomically
-(temporary file in the same folder, then ``os.replace``).
-
 Example:
-    >>> log = MetricsLog(run_dir / "metrics.jsonl")
-    >>> log.append({"kind": "train", "step": 0, "epoch": 0, "loss": 1.3, "task": 1.2, "theta": 0.5})
-    >>> n = MetricsLog.count_lines(log.path)          # store n in the checkpoint; on resume:
-    >>> MetricsLog.truncate(log.path, n)
-    >>> records = MetricsLog.read(log.path)
+    >>> records = MetricsLog.read(run_dir / "metrics.jsonl")
     >>> write_csv(records, run_dir / "metrics.csv")
     >>> write_plots(records, run_dir / "plots")       # [.../loss.png, .../theta.png, .../lie.png]
     >>> summarize(records)["best_eval"]["val_projected"]
@@ -33,204 +16,17 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "Record", "flatten_record", "write_csv", "write_plots", "summarize"]
+from .files import atomic_write
+from .runlog import SITE_KEYS, Record, sanitize, symbol
 
-Record = dict[str, Any]
+__all__ = ["flatten_record", "write_csv", "write_plots", "summarize"]
 
 #: Above this many sites, plot legends move outside the axes in a small font.
 _MANY_SITES = 8
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Atomic writes and JSON sanitising
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Best-effort fsync of a folder, so a rename in it survives a crash (not possible on every platform)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _sanitize(value: Any) -> Any:
-    """A JSON-safe copy of ``value``: NaN and ±inf become ``None``, 0-d numpy/torch scalars become Python numbers."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _sanitize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_sanitize(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    item = getattr(value, "item", None)  # numpy scalars, 0-d arrays and tensors
-    if callable(item):
-        try:
-            return _sanitize(item())
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    raise TypeError(f"cannot write a {type(value).__name__} to the metrics log: {value!r}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The log
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """The append-only JSON-lines metrics log of one run.
-
-    The file is opened for each :meth:`append` and closed again, so nothing is held open: :meth:`truncate`
-    (which replaces the file) is safe to call at any time, and there is nothing to close.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair_tail()
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Append ``record`` as one JSON line, flushed and fsynced; NaN and ±inf are written as ``null``."""
-        line = json.dumps(_sanitize(record), allow_nan=False, ensure_ascii=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _repair_tail(self) -> None:
-        """Make the file end with a newline, so new lines are not glued onto one cut short by a kill.
-
-        An unterminated last line that is valid JSON is kept (it only lost its newline); one that is not is cut off,
-        exactly as :meth:`read` would skip it.
-        """
-        if not self.path.exists():
-            return
-        with open(self.path, "rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            # Find the start of the unterminated last line.
-            start, block = size, 4096
-            while start > 0:
-                lo = max(0, start - block)
-                f.seek(lo)
-                chunk = f.read(start - lo)
-                nl = chunk.rfind(b"\n")
-                if nl >= 0:
-                    start = lo + nl + 1
-                    break
-                start = lo
-            f.seek(start)
-            tail = f.read()
-            if _parses(tail.decode("utf-8", errors="replace")):
-                f.seek(size)
-                f.write(b"\n")
-            else:
-                f.truncate(start)
-            f.flush()
-            os.fsync(f.fileno())
-
-    # -- reading -----------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _lines(path: str | os.PathLike) -> list[str]:
-        """The complete, non-blank lines of the log, without a truncated (unparseable) final line."""
-        path = Path(path)
-        if not path.exists():
-            return []
-        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-        if lines and not _parses(lines[-1]):
-            lines.pop()
-        return lines
-
-    @staticmethod
-    def read(path: str | os.PathLike) -> list[Record]:
-        """All records of the log at ``path``, in order; a missing file reads as no records.
-
-        A final line that is not valid JSON (cut short by a kill) is skipped; an invalid line anywhere else
-        raises ``ValueError``, since that is corruption rather than an interrupted write.
-        """
-        records: list[Record] = []
-        for number, line in enumerate(MetricsLog._lines(path), start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {number} is not valid JSON: {e}") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}: line {number} is not a JSON object")
-            records.append(record)
-        return records
-
-    @staticmethod
-    def count_lines(path: str | os.PathLike) -> int:
-        """The number of complete records in the log (what :meth:`read` returns); 0 for a missing file."""
-        return len(MetricsLog._lines(path))
-
-    @staticmethod
-    def truncate(path: str | os.PathLike, n_lines: int) -> int:
-        """Keep only the first ``n_lines`` records of the log, atomically; returns the number kept.
-
-        Used on resume: the checkpoint stores :meth:`count_lines` at the time it was taken, and the lines written
-        after it are dropped. A log with fewer lines is left as it is (minus any truncated final line), so check the
-        returned count if a shortfall matters.
-        """
-        if n_lines < 0:
-            raise ValueError(f"n_lines must be >= 0, got {n_lines}")
-        path = Path(path)
-        if not path.exists():
-            return 0
-        kept = MetricsLog._lines(path)[:n_lines]
-        _atomic_write(path, "".join(line + "\n" for line in kept))
-        return len(kept)
-
-
-def _parses(line: str) -> bool:
-    try:
-        json.loads(line)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# CSV
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def flatten_record(record: Mapping[str, Any]) -> Record:
@@ -257,7 +53,7 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (list, tuple, Mapping)):
-        return json.dumps(_sanitize(value))
+        return json.dumps(sanitize(value))
     return value
 
 
@@ -278,7 +74,7 @@ def write_csv(records: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> 
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     path = Path(path)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -357,7 +153,7 @@ def _new_figure(n_rows: int, width: float = 7.5, height_per_row: float = 3.2) ->
 def _save(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -438,10 +234,10 @@ def _plot_theta(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
     if not theta[0]:  # a log with only eval lines
         theta, source = _series(_of_kind(records, "eval"), "theta"), "eval"
     evals = _of_kind(records, "eval")
-    per_site = [(key, title, series) for key, title in (("gamma", "Per-site γ"), ("lambda", "Per-site dual λ"),
-                                                        ("u", "Per-site slack u"))
-                if (series := _site_series(evals, key))]
-    if per_site:  # ACE: γ is the site's θ, shown per site; the mean-θ panel adds nothing
+    learnt = [k for k in dict.fromkeys(k for r in evals for v in (r.get("sites") or {}).values() for k in v)
+              if k not in SITE_KEYS]  # a learnt schedule's own per-site numbers (ACE: gamma, lambda, u)
+    per_site = [(key, f"Per-site {symbol(key)}", series) for key in learnt if (series := _site_series(evals, key))]
+    if per_site:  # a learnt θ (ACE's γ) is shown per site; the mean-θ panel adds nothing
         theta = ([], [])
     if not (theta[0] or per_site):
         return None
@@ -457,7 +253,7 @@ def _plot_theta(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         for (site, (steps, values)), color in zip(series.items(), _site_colors(len(series))):
             ax.plot(steps, values, marker="o", ms=3, lw=1.0, color=color, label=site)
         ax.set_title(title)
-        ax.set_ylabel({"gamma": "γ", "lambda": "λ", "u": "u"}[key])
+        ax.set_ylabel(symbol(key))
         _site_legend(ax, len(series))
     axes[-1].set_xlabel("step")
     return _save(fig, path)

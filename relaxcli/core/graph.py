@@ -29,9 +29,10 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 
-from .adapters import OpAdapter, find_adapter
+from ..errors import RelaxError
+from ..ops.base import OpAdapter
+from ..ops.registry import find_adapter
 from .branches import Branch
-from .errors import RelaxError
 
 __all__ = ["Site", "RelaxedModel", "relax", "find_sites"]
 
@@ -285,8 +286,10 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
         mode: ``"fx"`` (trace; fail if impossible), ``"hooks"`` (forward hooks), or ``"auto"`` (fx, else hooks).
         include, exclude: ``fnmatch`` globs on module paths selecting the sites.
         init_std: the branch weights start as ``N(0, init_std²)``; 0 starts exactly at the equivariant model.
-        adapters: the op adapters to use (default: the registry, see :func:`relaxcli.register_op`). A module from
-            :func:`relaxcli.load_program` brings its own (the sites recorded in the ``.pt2``), tried first.
+        adapters: the op adapters to use (default: the registry, see :func:`relaxcli.register_op`). A model may
+            bring adapters for its own ops as a callable attribute ``relax_adapters`` (a module from
+            :func:`relaxcli.load_program` does: the sites recorded in the ``.pt2``); they are tried first, and the
+            branches are attached with hooks.
         fuse: run an op and its branch as one product with the matrix ``op + θ W`` where the adapter can (VN
             linears, escnn convolutions): the same map at lower cost. False keeps them separate.
 
@@ -299,11 +302,9 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
     """
     if mode not in ("auto", "fx", "hooks"):
         raise ValueError(f"mode must be 'auto', 'fx' or 'hooks', got {mode!r}")
-    from .program import program_adapters
-
-    program = program_adapters(model)  # a torch.export program: the sites it records, attached with hooks
-    if program is not None:
-        adapters, mode = program + (adapters or []), "hooks"
+    own = getattr(model, "relax_adapters", None)  # adapters the model brings for its own ops (a .pt2 program)
+    if own is not None:
+        adapters, mode = list(own()) + (adapters or []), "hooks"
     found = find_sites(model, include, exclude, adapters)
     if not found:
         raise RelaxError(
@@ -318,7 +319,7 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
         for s in sites:
             s.branch.to(device=ref.device, dtype=ref.dtype)
     if mode == "hooks":
-        reason = "a torch.export program" if program is not None else "hooks requested"
+        reason = "the model brings its own op adapters" if own is not None else "hooks requested"
         return RelaxedModel(model, sites, "hooks", fallback_reason=reason)
     try:
         graph = _trace(model, sites)

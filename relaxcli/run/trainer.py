@@ -4,10 +4,10 @@ Each step: the schedule sets θ; the relaxed model computes ``op(x) + θ·B(x)``
 sites' inputs; ``loss = task_loss + λ·Σ regularisers (+ the schedule's own penalty)``; backward, clip, optimiser step.
 Every ``eval_every`` epochs the **projected** model (θ = 0, branches off) and the relaxed model are evaluated on the
 validation split; the best checkpoint is chosen on the projected validation metric, and the test metric is reported
-at that checkpoint. ``relax: {enabled: false}`` runs the same loop on the plain model.
+at that checkpoint. A standard run (``relax: {enabled: false}``) runs the same loop with :class:`NoRelaxation`.
 
-Under ``torchrun`` (see :mod:`relaxcli.distributed`) every process runs this loop on its share of each global batch
-with the model in ``DistributedDataParallel``; metrics are reduced over the processes, and only rank 0 writes.
+Under ``torchrun`` (see :mod:`relaxcli.run.distributed`) every process runs this loop on its share of each global
+batch with the model in ``DistributedDataParallel``; metrics are reduced over the processes, and only rank 0 writes.
 
 The run directory holds ``recipe.yaml`` (resolved, with the actual seed), ``metrics.jsonl``/``metrics.csv``,
 ``plots/*.png``, ``checkpoints/{last,best}.safetensors`` and ``summary.json``. ``last`` also holds everything needed
@@ -30,25 +30,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, default_collate
 
-from .build import (DTYPES, build_data, build_model, build_regularizer, build_relaxed, build_schedule, call_model,
-                    load_user_state, resolve_device, split_batch, to_device, user_state)
-from .checkpoint import (RELAXED, Checkpoint, atomic_write, flatten_state, load_checkpoint, save_checkpoint,
-                         unflatten_state, versions)
+from ..errors import RelaxError
+from ..recipe import Recipe, dump_recipe, instantiate
+from .batches import call_args, call_model, example_batch, split_batch, to_device
+from .build import DTYPES, build_data, build_model, build_relaxation, resolve_device
+from .checkpoint import Checkpoint, load_checkpoint, load_user_state, save_relaxed, unflatten_state
 from .distributed import GlobalBatches, current, shard, wrap
-from .errors import RelaxError
-from .metrics import MetricsLog, write_csv, write_plots
-from .recipe import Recipe, dump_recipe, instantiate
-from .regularizers import site_terms
+from .evaluation import METRICS
+from .files import atomic_write
+from .progress import Progress
+from .relaxation import Relaxation
+from .reports import write_csv, write_plots
+from .runlog import MetricsLog, sanitize
 
-__all__ = ["Trainer", "accuracy", "EVAL_METRICS"]
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -75,34 +72,26 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.dtype = DTYPES[cfg.dtype]
 
-        _seed_everything(recipe.seed)
+        random.seed(recipe.seed)
+        torch.manual_seed(recipe.seed)
         self.model = build_model(recipe)
         self.splits = build_data(recipe)
-        self.relaxed = build_relaxed(self.model, recipe)
-        self.net: nn.Module = self.relaxed if self.relaxed is not None else self.model
-        self.net.to(self.device)
-        self.loss_fn = instantiate(recipe.loss)
-
         batches = self._batches(0)
         self.steps_per_epoch, self.dropped_items = len(batches), batches.dropped
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.regularizer = build_regularizer(recipe) if self.relaxed is not None else None
-        self.schedule = build_schedule(recipe, self.total_steps, self.steps_per_epoch) \
-            if self.relaxed is not None else None
-        extra = self.schedule.attach(self.relaxed) if self.schedule is not None else []  # ACE: γ (and u)
-        self.optimizer = instantiate(recipe.optimizer, self._param_groups(extra))
+        self.relaxation: Relaxation = build_relaxation(self.model, recipe, self.total_steps, self.steps_per_epoch)
+        self.net = self.relaxation.net.to(self.device)
+        self.loss_fn = instantiate(recipe.loss)
+        self.optimizer = instantiate(recipe.optimizer, self.relaxation.param_groups())
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scheduler = instantiate(recipe.scheduler, self.optimizer) if recipe.scheduler is not None else None
 
         self.epoch, self.step = 0, 0
-        self.best_val = math.inf
+        self.best_val, self.best_epoch = math.inf, -1
+        self.best_relaxed_val = math.inf  # ace_elastic also delivers the relaxed model (γ kept), at its own best
         self.extra_metrics: dict[str, float] = {}  # trainer.metrics of the last evaluate()
-        self.best_epoch = -1
-        # ace_elastic also delivers the relaxed model (γ kept): its own best, on the relaxed validation metric
-        self.keep_relaxed = bool(self.schedule is not None and self.schedule.keeps_relaxation)
-        self.best_relaxed_val = math.inf
         self.last_eval: tuple[float, float | None] | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -110,25 +99,20 @@ class Trainer:
             self._restore(self.ckpt_dir / "last.safetensors")
         elif self.dist.is_main:
             atomic_write(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
-        self.log = MetricsLog(self.metrics_path) if self.dist.is_main else _NoLog()
+        self.log: MetricsLog | _NoLog = MetricsLog(self.metrics_path) if self.dist.is_main else _NoLog()
         self.train_net = wrap(self.net, self.device, self.dist)  # DistributedDataParallel under torchrun
         self._start_time = time.time()
 
-    def _param_groups(self, extra: list[torch.Tensor]) -> Any:
-        """The model's parameters; a schedule's own variables (ACE's γ, u) in a group without weight decay."""
-        if not extra:
-            return self.net.parameters()
-        ids = {id(p) for p in extra}
-        group: dict[str, Any] = {"params": extra, "weight_decay": 0.0}
-        if self.recipe.relax.theta.gamma_lr is not None:
-            group["lr"] = self.recipe.relax.theta.gamma_lr
-        return [{"params": [p for p in self.net.parameters() if id(p) not in ids]}, group]
+    @property
+    def relaxed(self) -> Any:
+        """The relaxed model (None for a standard run)."""
+        return self.relaxation.net if self.relaxation.enabled else None
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to the end, evaluate the test split at the best checkpoint, write plots and ``summary.json``."""
         cfg = self.recipe.trainer
-        with self._progress() as progress:
+        with Progress(self.show_progress, self.total_steps, cfg.epochs, self.recipe.name) as progress:
             while self.epoch < cfg.epochs and self.step < self.total_steps:
                 self._train_epoch(progress)
                 self.epoch += 1  # from here on, self.epoch counts the completed epochs
@@ -142,18 +126,21 @@ class Trainer:
                 progress.epoch_done(self)
         summary = self._test()
         if self.dist.is_main:
-            self._write_reports()
-            atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            records = MetricsLog.read(self.metrics_path)
+            write_csv(records, self.run_dir / "metrics.csv")
+            write_plots(records, self.run_dir / "plots")
+            atomic_write(self.run_dir / "summary.json", json.dumps(sanitize(summary), indent=2) + "\n")
         self.dist.barrier()
         return summary
 
     def _batches(self, epoch: int) -> GlobalBatches:
         """The epoch's batches: one shuffle of the training split, this process's share of each global batch."""
-        gen = torch.Generator().manual_seed(self.recipe.seed * 100_003 + epoch)  # type: ignore[operator]
+        assert self.recipe.seed is not None
+        gen = torch.Generator().manual_seed(self.recipe.seed * 100_003 + epoch)
         n = len(self.splits.train)  # type: ignore[arg-type]
         return GlobalBatches(n, self.recipe.trainer.batch_size, gen, self.dist)
 
-    def _train_epoch(self, progress: Any) -> None:
+    def _train_epoch(self, progress: Progress) -> None:
         cfg = self.recipe.trainer
         self.net.train()
         batches = self._batches(self.epoch)
@@ -163,61 +150,67 @@ class Trainer:
         for batch, global_size in zip(loader, batches.global_sizes):
             if self.step >= self.total_steps:
                 break
-            record = self._train_step(batch, global_size)
+            record = self.train_step(batch, global_size)
             for k, v in record.items():
                 window[k] = window.get(k, 0.0) + v
             count += 1
             self.step += 1
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                self.log.append({"kind": "train", "step": self.step, "epoch": self.epoch + 1,
-                                 **{k: v / count for k, v in window.items()},
+                mean = {k: v / count for k, v in window.items()}
+                self.log.append({"kind": "train", "step": self.step, "epoch": self.epoch + 1, **mean,
                                  "lr": self.optimizer.param_groups[0]["lr"],
                                  "time": round(time.time() - self._start_time, 3)})
-                progress.update(self, window["loss"] / count)
+                progress.update(self, mean["loss"])
                 window, count = {}, 0
 
-    def _train_step(self, batch: Any, global_size: int | None = None) -> dict[str, float]:
+    def train_step(self, batch: Any, global_size: int | None = None) -> dict[str, float]:
         """One optimiser step on this process's part of a global batch of ``global_size`` items (default: all of
         it). Returns the step's numbers, averaged over the processes."""
         inputs, target = to_device(split_batch(batch), self.device, self.dtype)
-        relaxed, schedule, regularizer = self.relaxed, self.schedule, self.regularizer
         # DDP averages gradients over the processes; weighting each process's mean loss by its share of the global
         # batch makes that average the gradient of the global batch's mean loss
         share = target.shape[0] / (global_size or target.shape[0])
-        record: dict[str, float] = {}
-        if relaxed is not None:
-            schedule.before_step(relaxed, self.step)  # type: ignore[union-attr]
+        self.relaxation.before_step(self.step)
         task = self.loss_fn(call_model(self.train_net, inputs), target)
-        data_loss = task
-        penalty = None
-        if relaxed is not None:
-            reg = regularizer(relaxed)  # type: ignore[misc]
-            data_loss = data_loss + reg.total
-            record.update(reg=float(reg.total.detach()), **reg.summary(), theta=self._theta())
-            penalty = schedule.penalty(relaxed)  # type: ignore[union-attr]
-            if penalty is not None:  # ACE's Lagrangian terms: the same on every process, not scaled
-                record["penalty"] = float(penalty.detach())
+        reg, record = self.relaxation.regularize()
+        data_loss = task + reg
+        penalty = self.relaxation.penalty()  # a learnt schedule's own terms: the same on every process, not scaled
         loss = data_loss * (share * self.dist.world) if self.dist.enabled else data_loss
         if penalty is not None:
             loss = loss + penalty
+            record["penalty"] = float(penalty.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.recipe.trainer.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.recipe.trainer.grad_clip)
         self.optimizer.step()
-        if relaxed is not None:
-            schedule.after_step(relaxed, self.step)  # type: ignore[union-attr]
-        loss_value = float(data_loss.detach()) + (float(penalty.detach()) if penalty is not None else 0.0)
+        self.relaxation.after_step(self.step)
+        loss_value = float(data_loss.detach()) + record.get("penalty", 0.0)
         record = self.dist.weighted_mean({"loss": loss_value, "task": float(task.detach()), **record}, share)
         if not math.isfinite(record["loss"]):
             raise RelaxError(f"the loss became {record['loss']} at step {self.step} (epoch {self.epoch + 1}); lower "
                              "the learning rate, set trainer.grad_clip, or lower relax.theta.max")
         return record
 
-    def _theta(self) -> float:
-        assert self.relaxed is not None
-        thetas = [float(b.theta.detach()) for b in self.relaxed.branches.values()]
-        return sum(thetas) / len(thetas)
+    def dry_run(self) -> tuple[dict[str, float], dict[str, int]]:
+        """One training step on the first batch, and how often each site fired in one forward pass of two
+        validation items (a site that fires 0 or 2 times is bypassed or shared). Changes the model: for
+        ``--dry-run`` and start-up checks on a throwaway trainer."""
+        n = min(self.recipe.trainer.batch_size, len(self.splits.train))  # type: ignore[arg-type]
+        record = self.train_step(default_collate([self.splits.train[i] for i in range(n)]))
+        return record, self.site_calls()
+
+    def site_calls(self) -> dict[str, int]:
+        """How often each site fires in one forward pass of two validation items (empty for a standard run)."""
+        if not self.relaxation.enabled:
+            return {}
+        inputs, _ = example_batch(self.splits.val, 2)
+        args, kwargs = call_args(to_device(inputs, self.device, self.dtype))
+        self.net.eval()
+        try:
+            return self.relaxation.net.dry_run(*args, **kwargs)  # type: ignore[operator]
+        finally:
+            self.net.train()
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -235,8 +228,8 @@ class Trainer:
         try:
             for batch in loader:
                 inputs, target = to_device(split_batch(batch), self.device, self.dtype)
-                if self.relaxed is not None and projected:
-                    with self.relaxed.projected():
+                if projected:
+                    with self.relaxation.projected():
                         out = call_model(self.net, inputs)
                 else:
                     out = call_model(self.net, inputs)
@@ -244,50 +237,33 @@ class Trainer:
                 sums[0] += float(self.loss_fn(out, target)) * size
                 sums[1] += size
                 for k, name in enumerate(cfg.metrics):
-                    sums[2 + k] += float(EVAL_METRICS[name](out, target)) * size
+                    sums[2 + k] += float(METRICS[name](out, target)) * size
         finally:
             self.net.train()
-            if self.relaxed is not None:
-                for b in self.relaxed.branches.values():
-                    b.captured.clear()
+            self.relaxation.release()
         sums = self.dist.all_reduce_sum(sums)
         n = max(float(sums[1]), 1.0)
         kind = "projected" if projected else "relaxed"
         self.extra_metrics = {f"{split}_{kind}_{name}": float(sums[2 + k]) / n for k, name in enumerate(cfg.metrics)}
         return float(sums[0]) / n
 
-    def site_stats(self) -> dict[str, dict[str, float]]:
-        """Per site: θ, ‖B‖_F, the data-free Lie-derivative and discrete norms of the branch, and the schedule's
-        own numbers (ACE: γ, λ and u)."""
-        if self.relaxed is None:
-            return {}
-        out = {}
-        with torch.no_grad():
-            extra = self.schedule.site_state(self.relaxed)  # type: ignore[union-attr]
-            for s in self.relaxed.sites:
-                t = site_terms(s.branch, None, "weight")
-                out[s.path] = {"theta": float(s.branch.theta), "weight_norm": float(t.projection),
-                               "lie": float(t.lie), "discrete": float(t.discrete), **extra.get(s.path, {})}
-        return out
-
     def _evaluate_and_keep_best(self) -> None:
         val_projected = self.evaluate("val", projected=True)
         extra = dict(self.extra_metrics)
         val_relaxed = None
-        if self.relaxed is not None:
+        if self.relaxation.enabled:
             val_relaxed = self.evaluate("val", projected=False)
             extra.update(self.extra_metrics)
         best = val_projected < self.best_val
         if best:
             self.best_val, self.best_epoch = val_projected, self.epoch
             self._save("best", with_state=False)
-        if self.keep_relaxed and val_relaxed is not None and val_relaxed < self.best_relaxed_val:
+        if self.relaxation.keeps_relaxation and val_relaxed is not None and val_relaxed < self.best_relaxed_val:
             self.best_relaxed_val = val_relaxed
             self._save("best_relaxed", with_state=False)
         self.log.append({"kind": "eval", "step": self.step, "epoch": self.epoch, "val_projected": val_projected,
-                         "val_relaxed": val_relaxed, **extra,
-                         "theta": self._theta() if self.relaxed is not None else None,
-                         "best": best, "sites": self.site_stats()})
+                         "val_relaxed": val_relaxed, **extra, "theta": self.relaxation.theta(),
+                         "best": best, "sites": self.relaxation.site_stats()})
         self.last_eval = (val_projected, val_relaxed)
 
     def _test(self) -> dict[str, Any]:
@@ -300,14 +276,14 @@ class Trainer:
         if self.splits.test is not None:
             test_projected = self.evaluate("test", True)
             extra.update(self.extra_metrics)
-            if self.relaxed is not None:
+            if self.relaxation.enabled:
                 test_relaxed = self.evaluate("test", False)
                 extra.update(self.extra_metrics)
         record = {"kind": "test", "step": int(ckpt.json("step")), "epoch": int(ckpt.json("epoch")),
                   "val_projected": self.best_val, "test_projected": test_projected, "test_relaxed": test_relaxed,
                   **extra}
         kept: dict[str, Any] = {}
-        if self.keep_relaxed:  # the relaxed model at its own best (γ kept) is a deliverable too
+        if self.relaxation.keeps_relaxation:  # the relaxed model at its own best (γ kept) is a deliverable too
             path = self.ckpt_dir / "best_relaxed.safetensors"
             ckpt = load_checkpoint(path)
             self._load_weights(ckpt)
@@ -318,48 +294,30 @@ class Trainer:
             record.update(kept)
             kept["best_relaxed_checkpoint"] = str(path)
         self.log.append(record)
-        return {"name": self.recipe.name, "seed": self.recipe.seed, "relaxed": self.relaxed is not None,
+        return {"name": self.recipe.name, "seed": self.recipe.seed, "relaxed": self.relaxation.enabled,
                 "best_epoch": record["epoch"], "best_step": record["step"], "val_projected": self.best_val,
                 "test_projected": test_projected, "test_relaxed": test_relaxed, "steps": self.step,
                 "run_dir": str(self.run_dir), "best_checkpoint": str(best), **extra, **kept}
-
-    def _write_reports(self) -> None:
-        records = MetricsLog.read(self.metrics_path)
-        write_csv(records, self.run_dir / "metrics.csv")
-        write_plots(records, self.run_dir / "plots")
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _save(self, which: str, with_state: bool) -> None:
         if not self.dist.is_main:
             return
-        tensors = {f"model.{k}": v for k, v in user_state(self.model).items()}
-        if self.relaxed is not None:
-            tensors.update({f"branches.{k}": v for k, v in self.relaxed.branches.state_dict().items()})
-        meta: dict[str, Any] = {
-            "format": RELAXED, "recipe": json.dumps(self.recipe.to_dict()), "step": self.step,
-            "epoch": self.epoch, "relaxed": self.relaxed is not None, "versions": versions(),
-            "theta": self._theta() if self.relaxed is not None else None,
-            "sites": [s.path for s in self.relaxed.sites] if self.relaxed is not None else [],
-            "relax_mode": self.relaxed.mode if self.relaxed is not None else None,
-            "site_state": self.site_stats(),
-        }
+        state = None
         if with_state:
             state = {"optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                     "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+                     "schedule": self.relaxation.state_dict(),
                      "rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
                      "best_val": self.best_val, "best_epoch": self.best_epoch,
                      "best_relaxed_val": self.best_relaxed_val,
                      "metrics_lines": MetricsLog.count_lines(self.metrics_path)}
-            state_tensors, skeleton = flatten_state(state, "state")
-            tensors.update(state_tensors)
-            meta["trainer_state"] = skeleton
-        save_checkpoint(self.ckpt_dir / f"{which}.safetensors", tensors, meta)
+        save_relaxed(self.ckpt_dir / f"{which}.safetensors", self.model, self.relaxation, self.recipe, self.step,
+                     self.epoch, state)
 
     def _load_weights(self, ckpt: Checkpoint) -> None:
         load_user_state(self.model, ckpt.model_state())
-        if self.relaxed is not None:
-            self.relaxed.branches.load_state_dict(ckpt.branch_state(), strict=True)
+        self.relaxation.load_branch_state(ckpt.branch_state())
 
     def _restore(self, path: Path) -> None:
         if not path.exists():  # killed before the first checkpoint: start again from the recorded seed
@@ -375,8 +333,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        if self.schedule is not None and state["schedule"] is not None:
-            self.schedule.load_state_dict(state["schedule"])
+        self.relaxation.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         random.setstate((3, tuple(state["python_rng"]), None))
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
@@ -385,75 +342,9 @@ class Trainer:
         if self.dist.is_main:
             MetricsLog.truncate(self.metrics_path, state["metrics_lines"])
 
-    # -- display -------------------------------------------------------------------------------------------------
-    def _progress(self) -> Any:
-        return _Progress(self.show_progress, self.total_steps, self.recipe.name)
-
-
-# -------------------------------------------------------------------------------------------------------------
-# Evaluation metrics beside the loss (recipe ``trainer.metrics``)
-
-
-def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Top-1 accuracy of logits ``[B, C]`` against integer class labels ``[B]``.
-
-    Example:
-        >>> float(accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0])))
-        0.5
-    """
-    if output.dim() != 2 or target.shape != output.shape[:1] or target.is_floating_point():
-        raise RelaxError(f"trainer.metrics: accuracy needs logits [batch, classes] and integer labels [batch], got "
-                         f"an output of shape {tuple(output.shape)} and a {target.dtype} target of shape "
-                         f"{tuple(target.shape)}; remove 'accuracy' from trainer.metrics for this task")
-    return (output.argmax(dim=-1) == target).to(torch.float64).mean()
-
-
-#: The metrics a recipe may list in ``trainer.metrics``: ``name -> fn(output, target)``, a batch mean.
-EVAL_METRICS = {"accuracy": accuracy}
-
 
 class _NoLog:
     """The metrics log of a process other than rank 0: records are reduced, then dropped."""
 
     def append(self, record: Any) -> None:
         pass
-
-
-class _Progress:
-    """A rich progress bar on stderr (epoch, step, loss, θ, validation); silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int, name: str) -> None:
-        self.enabled, self.total, self.name = enabled, total, name
-        self.bar: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                                console=Console(stderr=True))
-            self.bar.start()
-            self.task = self.bar.add_task(self.name, total=self.total, info="")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def update(self, trainer: Trainer, loss: float) -> None:
-        if self.bar is None:
-            return
-        theta = ""
-        if trainer.relaxed is not None:
-            lam = [v["lambda"] for v in trainer.schedule.site_state(trainer.relaxed).values()]  # type: ignore[union-attr]
-            theta = f" γ̄ {trainer._theta():.3f} λ̄ {sum(lam) / len(lam):.3g}" if lam else f" θ {trainer._theta():.3f}"
-        val = trainer.last_eval
-        val_text = f" val(θ=0) {val[0]:.4g}" if val else ""
-        self.bar.update(self.task, completed=trainer.step,
-                        info=f"epoch {trainer.epoch + 1} loss {loss:.4g}{theta}{val_text}")
-
-    def epoch_done(self, trainer: Trainer) -> None:
-        if self.bar is not None:
-            self.update(trainer, float("nan"))

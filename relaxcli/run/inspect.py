@@ -18,13 +18,15 @@ from typing import Any
 
 import torch
 
-from .build import build_model, build_relaxed, call_model, restore
+from ..core.graph import RelaxedModel
+from ..core.regularizers import site_terms
+from ..core.symmetry import EquivarianceReport, equivariance_error
+from ..recipe import Recipe, load_recipe
+from .batches import call_model
+from .build import build_model, build_relaxed, restore
 from .checkpoint import load_checkpoint
-from .graph import RelaxedModel
-from .projection import example_inputs, symmetry_args
-from .recipe import Recipe, load_recipe
-from .regularizers import site_terms
-from .testing import EquivarianceReport, equivariance_error
+from .runlog import SITE_KEYS
+from .symmetry import example_inputs, symmetry_args
 
 __all__ = ["SiteRow", "InspectReport", "inspect_path", "site_rows"]
 
@@ -41,8 +43,7 @@ class SiteRow:
     lie: float
     discrete: float
     calls: int
-    dual: float | None = None  # ACE: λ of the site
-    slack: float | None = None  # ace_elastic: u of the site
+    schedule: dict[str, float] = field(default_factory=dict)  # a learnt schedule's own numbers (ACE: λ, u)
 
 
 @dataclass
@@ -82,15 +83,15 @@ def site_rows(relaxed: RelaxedModel, inputs: Any) -> list[SiteRow]:
     return rows
 
 
-def _ace_notes(rows: list[SiteRow], kept: float = 0.05) -> list[str]:
-    """Which layers an ACE run kept relaxed (|γ| above ``kept``), with the largest dual variables first."""
-    if not any(r.dual is not None for r in rows):
+def _learnt_notes(rows: list[SiteRow], kept: float = 0.05) -> list[str]:
+    """Which sites a learnt schedule kept relaxed (|γ| above ``kept``)."""
+    if not any(r.schedule for r in rows):
         return []
-    relaxed = sorted((r for r in rows if abs(r.theta) > kept), key=lambda r: -(r.dual or 0.0))
+    relaxed = sorted((r for r in rows if abs(r.theta) > kept), key=lambda r: -abs(r.theta))
     if not relaxed:
-        return [f"ACE: every |γ| <= {kept}: no layer kept a large relaxation"]
-    listing = ", ".join(f"{r.path} (γ {r.theta:.3g}, λ {r.dual:.3g})" for r in relaxed)
-    return [f"ACE: {len(relaxed)} of {len(rows)} sites kept |γ| > {kept}, by λ: {listing}"]
+        return [f"learnt schedule: every |γ| <= {kept}: no site kept a large relaxation"]
+    listing = ", ".join(f"{r.path} (γ {r.theta:.3g})" for r in relaxed)
+    return [f"learnt schedule: {len(relaxed)} of {len(rows)} sites kept |γ| > {kept}: {listing}"]
 
 
 def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> InspectReport:
@@ -117,9 +118,9 @@ def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> Ins
         for row in report.sites:
             if row.calls != 1:
                 report.notes.append(f"site {row.path} fired {row.calls} times in one forward pass")
-            row.dual = site_state.get(row.path, {}).get("lambda")
-            row.slack = site_state.get(row.path, {}).get("u")
-        report.notes += _ace_notes(report.sites)
+            stored = site_state.get(row.path, {})
+            row.schedule = {k: v for k, v in stored.items() if k not in SITE_KEYS and k != "gamma"}
+        report.notes += _learnt_notes(report.sites)
     elif kind == "projected":
         report.notes.append("projected checkpoint: no branches")
     else:

@@ -1,0 +1,57 @@
+"""Projection: strip the branches (θ = 0) and check that what remains, the user's own model, is equivariant.
+
+Example:
+    >>> model = project(relaxed, inputs=(pos, vel), irreps_in=["cartesian_points", "1o"],
+    ...                 irreps_out="cartesian_points")
+    >>> safetensors.torch.save_file(model.state_dict(), ...)  # exactly the user's keys
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import EquivarianceError
+from .graph import RelaxedModel
+from .symmetry import EquivarianceReport, equivariance_error
+
+__all__ = ["project", "verify_equivariant"]
+
+
+def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_in: Sequence[Any], irreps_out: Any,
+                       tolerance: float = 1e-6, **kwargs: Any) -> EquivarianceReport:
+    """Measure the relative equivariance error of ``model`` (in eval mode) and raise
+    :class:`~relaxcli.EquivarianceError` if it exceeds ``tolerance`` or is not finite."""
+    was_training = model.training
+    model.eval()
+    try:
+        report = equivariance_error(model, inputs, irreps_in, irreps_out, **kwargs)
+    finally:
+        model.train(was_training)
+    if not report.relative <= tolerance:  # NaN fails too
+        raise EquivarianceError(
+            f"the projected model is not equivariant: relative error {report.relative:.3e} exceeds the tolerance "
+            f"{tolerance:.1e} (absolute {report.absolute:.3e}; per case "
+            + ", ".join(f"{k} {v:.2e}" for k, v in report.cases.items())
+            + "). Check the symmetry spec of the inputs and output, or raise the tolerance."
+        )
+    return report
+
+
+def project(relaxed: RelaxedModel, *, inputs: Sequence[torch.Tensor] | None = None,
+            irreps_in: Sequence[Any] | None = None, irreps_out: Any = None, tolerance: float = 1e-6,
+            **kwargs: Any) -> nn.Module:
+    """Strip the branches of ``relaxed`` and return the user's module; verify equivariance when ``inputs`` are given.
+
+    Raises:
+        EquivarianceError: the stripped model's relative error on ``inputs`` exceeds ``tolerance``.
+    """
+    model = relaxed.strip()
+    if inputs is not None:
+        if irreps_in is None:
+            raise ValueError("project(..., inputs=...) needs irreps_in and irreps_out to check equivariance")
+        verify_equivariant(model, inputs, irreps_in, irreps_out, tolerance, **kwargs)
+    return model

@@ -1,0 +1,211 @@
+"""Components: ``_component_`` sections naming a callable by import path, checked against its signature at load
+time and called by :func:`instantiate`."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib
+import inspect
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RecipeError
+from .problems import INVALID, KeyPath, Problems, show, suggest
+
+__all__ = ["ComponentSpec", "INJECTED_ARGS", "ALIASES", "canonical", "import_target", "check_plain", "convert_component", "instantiate"]
+
+#: What the trainer passes positionally before a component's own kwargs.
+INJECTED_ARGS: dict[str, tuple[str, ...]] = {
+    "optimizer": ("the model parameters",),
+    "scheduler": ("the optimizer",),
+}
+
+
+@dataclass
+class ComponentSpec:
+    """A ``_component_`` section: the import path, its keyword arguments, and (model only) initial weights."""
+
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # model._weights_: safetensors file with initial weights
+    section: str = ""  # "model", "data", ... (used in error messages)
+
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes, datetime.date)
+
+
+#: Component paths of earlier releases, which checkpoints store in their recipes: old prefix -> new prefix.
+ALIASES: dict[str, str] = {
+    "relaxcli.models.": "relaxcli.tasks.",
+    "relaxcli.data.": "relaxcli.tasks.",
+    "relaxcli.program.": "relaxcli.ops.program.",
+    "relaxcli.vn.": "relaxcli.ops.vector_neurons.",
+    "relaxcli.steerable.": "relaxcli.ops.steerable.",
+}
+
+
+def canonical(target: str) -> str:
+    """``target`` with an earlier release's module path replaced by today's (``relaxcli.models.SEGNN`` ->
+    ``relaxcli.tasks.SEGNN``); other paths unchanged."""
+    for old, new in ALIASES.items():
+        if target.startswith(old):
+            return new + target[len(old):]
+    return target
+
+
+def import_target(target: str) -> tuple[Any, str | None]:
+    """Import ``a.b.C`` (an earlier release's path is read as today's, see :data:`ALIASES`). Returns (object, None)
+    or (None, reason)."""
+    parts = canonical(target).split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return None, "expected a dotted import path such as 'torch.nn.Linear'"
+    module, n = None, len(parts)
+    for n in range(len(parts), 0, -1):  # the longest importable prefix is the module
+        name = ".".join(parts[:n])
+        try:
+            module = importlib.import_module(name)
+            break
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                return None, f"{type(exc).__name__}: {exc}"  # a dependency of the module is missing
+            if n == 1:
+                return None, f"no module named {parts[0]!r}"
+        except Exception as exc:  # the module exists but fails to import
+            return None, f"importing {name} raised {type(exc).__name__}: {exc}"
+    obj: Any = module
+    for i in range(n, len(parts)):
+        if not hasattr(obj, parts[i]):
+            owner = ".".join(parts[:i])
+            names = [a for a in dir(obj) if not a.startswith("_")]
+            return None, f"{owner!r} has no attribute {parts[i]!r}{suggest(parts[i], names)}"
+        obj = getattr(obj, parts[i])
+    return obj, None
+
+
+def check_plain(value: Any, path: KeyPath, ctx: Problems) -> bool:
+    """Component kwargs must be plain YAML values (they are dumped and stored in checkpoints)."""
+    if isinstance(value, dict):
+        ok = True
+        for k, v in value.items():
+            if not isinstance(k, str):
+                ctx.add(path, f"keys must be strings, got {show(k)}")
+                ok = False
+            ok = check_plain(v, path + (str(k),), ctx) and ok
+        return ok
+    if isinstance(value, list):
+        return all([check_plain(v, path + (i,), ctx) for i, v in enumerate(value)])
+    if not isinstance(value, _PLAIN):
+        ctx.add(path, f"not a plain YAML value: {show(value)}")
+        return False
+    return True
+
+
+def convert_component(value: Any, path: KeyPath, ctx: Problems) -> Any:
+    section = str(path[-1])
+    if not isinstance(value, dict):
+        ctx.add(path, f"expected a mapping with '_component_', got {show(value)}")
+        return INVALID
+    before = ctx.count()
+    reserved = ["_component_", "_weights_"] if section == "model" else ["_component_"]
+    kwargs: dict[str, Any] = {}
+    for key, v in value.items():
+        if not isinstance(key, str):
+            ctx.add(path, f"keys must be strings, got {show(key)}")
+        elif key.startswith("_") and key.endswith("_") and key not in reserved:
+            hint = " (only allowed in model)" if key == "_weights_" else suggest(key, reserved)
+            ctx.add(path + (key,), f"unknown reserved key{hint}")
+        elif key not in reserved:
+            check_plain(v, path + (key,), ctx)
+            kwargs[key] = v
+
+    target = value.get("_component_")
+    if "_component_" not in value:
+        ctx.add(path + ("_component_",), "missing required key")
+    elif not isinstance(target, str):
+        ctx.add(path + ("_component_",), f"expected a dotted import path string, got {show(target)}")
+
+    weights = value.get("_weights_") if section == "model" else None
+    if weights is not None:
+        if not isinstance(weights, str) or not weights:
+            ctx.add(path + ("_weights_",), f"expected a path to a safetensors file, got {show(weights)}")
+        elif ctx.base_dir is not None:  # loaded from a file: resolve and check
+            resolved = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(weights)))
+            if not os.path.isfile(resolved):
+                ctx.add(path + ("_weights_",), f"file not found: {resolved}")
+            weights = resolved
+
+    if isinstance(target, str):
+        obj, reason = import_target(target)
+        if reason is not None:
+            ctx.add(path + ("_component_",), f"cannot import {target}: {reason}")
+        elif not callable(obj):
+            ctx.add(path + ("_component_",), f"{target} is not callable (it is a {type(obj).__name__})")
+        else:
+            check_signature(obj, target, kwargs, path, ctx)
+    if ctx.count() != before:
+        return INVALID
+    return ComponentSpec(target=canonical(target), kwargs=kwargs, weights=weights, section=section)
+
+
+def check_signature(obj: Any, target: str, kwargs: dict[str, Any], path: KeyPath, ctx: Problems) -> None:
+    """Report unknown, missing and trainer-supplied keyword arguments of a component."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return  # builtins and some C extensions: nothing to check against
+    section = str(path[-1])
+    injected = INJECTED_ARGS.get(section, ())
+    params = list(sig.parameters.values())
+    P = inspect.Parameter
+    positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    takes_var_pos = any(p.kind is P.VAR_POSITIONAL for p in params)
+    if len(positional) < len(injected) and not takes_var_pos:
+        what = ", ".join(injected)
+        ctx.add(path + ("_component_",), f"{target} must accept {what} as its first positional argument")
+        return
+    supplied = {p.name: what for p, what in zip(positional, injected)}
+    accepts_any = any(p.kind is P.VAR_KEYWORD for p in params)
+    names = [p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY) and p.name not in supplied]
+    before = ctx.count()
+    for key in kwargs:
+        if key in supplied:
+            ctx.add(path + (key,), f"is supplied by the trainer ({supplied[key]}); remove it")
+        elif key not in names and not accepts_any:
+            ctx.add(path + (key,), f"unknown argument of {target}{suggest(key, names)}")
+    for p in params:
+        required = p.default is P.empty and p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)
+        if required and p.name not in supplied and p.name not in kwargs:
+            ctx.add(path + (p.name,), f"missing required argument of {target}")
+    if ctx.count() == before:
+        try:
+            sig.bind(*injected, **kwargs)
+        except TypeError as exc:
+            ctx.add(path, f"cannot call {target} with these arguments: {exc}")
+
+
+
+def instantiate(spec: ComponentSpec, *args: Any, **extra_kwargs: Any) -> Any:
+    """Import ``spec.target`` and call it with ``*args`` and the recipe's kwargs (``extra_kwargs`` win).
+
+    Any exception from the constructor becomes a short RecipeError naming the section.
+    Does not load ``spec.weights``: the caller does that.
+
+    Example::
+
+        model = instantiate(recipe.model)
+        optimizer = instantiate(recipe.optimizer, model.parameters())
+    """
+    section = spec.section or "component"
+    obj, reason = import_target(spec.target)
+    if reason is not None:
+        raise RecipeError([f"{section}: cannot import {spec.target}: {reason}"])
+    try:
+        return obj(*args, **{**copy.deepcopy(spec.kwargs), **extra_kwargs})
+    except Exception as exc:
+        message = str(exc).strip() or type(exc).__name__
+        if len(message) > 300:
+            message = message[:297] + "..."
+        raise RecipeError([f"{section}: {spec.target}(...) failed: {message}"]) from exc

@@ -1,0 +1,347 @@
+"""Recipes: the YAML file that says what to train and how.
+
+A recipe names its components by import path, torchtune style, and configures
+the trainer and the constraint relaxation in small typed sections::
+
+    name: tetris-relaxed
+    seed: 0
+    model:
+      _component_: mypkg.models.Tetris
+      hidden: 16x0e+16x1o
+    data:
+      _component_: mypkg.data.tetris
+    optimizer:
+      _component_: torch.optim.Adam
+      lr: 1e-3
+    trainer:
+      epochs: 50
+    relax:
+      theta: {schedule: triangle, max: 1.0}
+
+Loading checks everything at once (unknown keys, types, ranges, choices,
+importable components, keyword arguments against signatures) and raises one
+:class:`~relaxcli.errors.RecipeError` listing every problem with its line::
+
+    recipe.yaml:12: relax.theta.shedule: unknown key; did you mean 'schedule'?
+
+Typed sections are plain dataclasses validated by one generic walker
+(:func:`_convert`), so adding a key or a subsection means editing a dataclass
+and nothing else. Ranges and extra checks ride along as ``Annotated`` metadata;
+a section's ``check(given_keys)`` method reports keys that conflict.
+"""
+
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Annotated, Any, Callable, Literal, Optional
+
+from .components import ComponentSpec, import_target
+from .problems import show, suggest
+
+__all__ = ["Range", "Check", "Recipe", "TrainerConfig", "BranchConfig", "RegularizerConfig", "ThetaConfig", "OpConfig",
+           "RelaxConfig", "SymmetryConfig", "to_plain"]
+
+# -----------------------------------------------------------------------------
+# Field annotations: ranges and custom checks
+
+
+@dataclass(frozen=True)
+class Range:
+    """Numeric bounds for an ``Annotated`` field, e.g. ``Annotated[int, Range(ge=1)]``."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+        ):
+            return None
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le))
+        return f"must be {' and '.join(f'{op} {_num(b)}' for op, b in bounds if b is not None)}, got {_num(value)}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A custom check for an ``Annotated`` field: ``fn(value)`` returns a problem or None."""
+
+    fn: Callable[[Any], str | None]
+    describe: str | None = None  # replaces the type's description in "expected ..." messages
+
+    def problem(self, value: Any) -> str | None:
+        return self.fn(value)
+
+
+def _num(x: Any) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _nonempty(value: str) -> str | None:
+    return "must not be empty" if not value.strip() else None
+
+
+def _irreps_problem(value: str) -> str | None:
+    if value.isidentifier():  # 'cartesian_points', or a model attribute (group: escnn); SymmetryConfig.check decides
+        return None
+    if not value.strip():
+        return "empty Irreps string; use null for an input without symmetry"
+    from e3nn import o3  # imported lazily: only recipes with a symmetry section pay for it
+
+    try:
+        o3.Irreps(value)
+    except Exception:  # e3nn raises ValueError, but any failure means "not an Irreps"
+        return f"invalid Irreps {value!r}; expected e.g. '1x1o' or '16x0e+16x1o', or 'cartesian_points'"
+    return None
+
+
+IrrepsSpec = Annotated[Optional[str], Check(_irreps_problem, "an e3nn Irreps string, 'cartesian_points', the name "
+                                                          "of a model attribute (group: escnn) or null")]
+
+# -----------------------------------------------------------------------------
+# The schema
+
+@dataclass
+class TrainerConfig:
+    epochs: Annotated[int, Range(ge=1)]
+    batch_size: Annotated[int, Range(ge=1)] = 32
+    eval_batch_size: Annotated[Optional[int], Range(ge=1)] = None  # None: same as batch_size
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    grad_clip: Annotated[Optional[float], Range(gt=0)] = None
+    eval_every: Annotated[int, Range(ge=1)] = 1  # epochs
+    checkpoint_every: Annotated[int, Range(ge=1)] = 1  # epochs
+    log_every: Annotated[int, Range(ge=1)] = 10  # steps
+    num_workers: Annotated[int, Range(ge=0)] = 0
+    threads: Annotated[Optional[int], Range(ge=1)] = None  # torch CPU threads; None: torch's default
+    max_steps: Annotated[Optional[int], Range(ge=1)] = None
+    # reported beside the loss at every evaluation; keys of relaxcli.run.evaluation.METRICS
+    metrics: list[Annotated[str, Check(_metric_problem, "the name of an evaluation metric")]] = field(
+        default_factory=list)
+
+
+@dataclass
+class BranchConfig:
+    init_std: Annotated[float, Range(ge=0)] = 1e-4
+
+
+@dataclass
+class RegularizerConfig:
+    weight: Annotated[float, Range(ge=0)] = 0.01
+    projection: bool = True
+    lie: bool = True
+    discrete: bool = True
+    source: Literal["data", "weight"] = "data"
+    rows: Annotated[Optional[int], Range(ge=1)] = 256  # max rows per site for data regularisers
+
+
+def _one_of(value: str, registry: Iterable[str]) -> str | None:
+    """None if ``value`` names an entry of ``registry``, else the problem (as for a ``Literal``)."""
+    names = list(registry)
+    return None if value in names else f"must be one of {', '.join(map(repr, names))}; got {show(value)}" \
+        f"{suggest(value, names)}"
+
+
+def _schedule_problem(value: str) -> str | None:
+    from ..core.schedules import SCHEDULES
+
+    return _one_of(value, SCHEDULES)
+
+
+def _metric_problem(value: str) -> str | None:
+    from ..run.evaluation import METRICS
+
+    return _one_of(value, METRICS)
+
+
+def _action_problem(value: str) -> str | None:
+    from ..ops.registry import ACTIONS
+
+    return _one_of(value, ACTIONS)
+
+
+def _unused(section: Any, given: Iterable[str], used: tuple[str, ...], users: dict[str, list[str]],
+            what: str) -> list[tuple[str, str]]:
+    """Keys given a non-default value that the chosen ``what`` does not read (key, problem)."""
+    defaults = type(section)(**{f.name: getattr(section, f.name) for f in fields(section) if f.default is MISSING})
+    return [(k, f"is not used by {what}; it applies to {', '.join(users.get(k, ['none']))} only")
+            for k in given if k in users and k not in used and getattr(section, k) != getattr(defaults, k)]
+
+
+@dataclass
+class ThetaConfig:
+    """``relax.theta``: the schedule (a key of ``relaxcli.core.schedules.SCHEDULES``) and its options; each
+    schedule class lists the keys it reads (``recipe_keys``)."""
+
+    schedule: Annotated[str, Check(_schedule_problem, "the name of a θ schedule")] = "triangle"
+    # hand schedules
+    max: Annotated[float, Range(ge=0)] = 1.0
+    granularity: Literal["step", "epoch"] = "step"
+    end: Annotated[float, Range(gt=0, le=1)] = 1.0  # fraction of training after which theta is 0
+    # ACE: theta becomes a learnable gamma per site
+    dual_lr: Annotated[float, Range(gt=0)] = 0.01  # eta_d
+    gamma_init: float = 1.0
+    gamma_lr: Annotated[Optional[float], Range(gt=0)] = None  # optimiser lr for gamma (and u); None: the model's
+    rho: Annotated[float, Range(gt=0)] = 1.0  # ace_elastic: price of slack
+
+    def options(self) -> dict[str, Any]:
+        """The values of the keys the chosen schedule reads."""
+        from ..core.schedules import SCHEDULES
+
+        return {k: getattr(self, k) for k in SCHEDULES[self.schedule].recipe_keys}
+
+    def check(self, given: Iterable[str]) -> list[tuple[str, str]]:
+        from ..core.schedules import SCHEDULES
+
+        users: dict[str, list[str]] = {}
+        for name, cls in SCHEDULES.items():
+            for key in cls.recipe_keys:
+                users.setdefault(key, []).append(name)
+        return _unused(self, given, SCHEDULES[self.schedule].recipe_keys, users, f"schedule {self.schedule!r}")
+
+
+@dataclass
+class OpConfig:
+    """One ``relax.ops`` item: a user's equivariant layer class, and how O(3) acts on its feature and output. The
+    action is a key of ``relaxcli.ops.registry.ACTIONS``; each action's adapter lists the keys it reads."""
+
+    layer: str  # import path of the layer class
+    action: Annotated[str, Check(_action_problem, "the name of an op action")] = "irreps"
+    # action irreps: e3nn irreps on the last axis; an attribute name of the layer, or the irreps themselves
+    irreps_in: str = "irreps_in"
+    irreps_out: str = "irreps_out"
+    feature_arg: Annotated[int, Range(ge=0)] = 0  # position of the feature among the layer's arguments
+    # action vector_neurons: [B, C, 3, ...] features; attribute names holding the channel counts, and the axes
+    in_channels: str = "in_channels"
+    out_channels: str = "out_channels"
+    channel_axis: int = 1
+    vector_axis: int = 2
+
+    def options(self) -> dict[str, Any]:
+        """The values of the keys the chosen action reads."""
+        from ..ops.registry import ACTIONS
+
+        return {k: getattr(self, k) for k in ACTIONS[self.action].recipe_keys}
+
+    def check(self, given: Iterable[str]) -> list[tuple[str, str]]:
+        """The layer class must import and be a ``torch.nn.Module``; keys of another action are rejected; the
+        action's adapter must accept the values."""
+        from torch import nn
+
+        from ..ops.registry import ACTIONS
+
+        problems = []
+        cls, reason = import_target(self.layer)
+        if reason is not None:
+            problems.append(("layer", f"cannot import {self.layer!r}: {reason}"))
+        elif not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            problems.append(("layer", f"{self.layer!r} is not a torch.nn.Module class"))
+        users: dict[str, list[str]] = {}
+        for name, adapter in ACTIONS.items():
+            for key in adapter.recipe_keys:
+                users.setdefault(key, []).append(f"action {name!r}")
+        problems += _unused(self, given, ACTIONS[self.action].recipe_keys, users, f"action {self.action!r}")
+        if not problems:
+            try:
+                ACTIONS[self.action](self.layer, **self.options())
+            except (TypeError, ValueError) as e:  # ValueError(key, message) names the key
+                problems.append((e.args[0], e.args[1]) if len(e.args) == 2 else ("action", str(e)))
+        return problems
+
+
+@dataclass
+class RelaxConfig:
+    enabled: bool = True
+    mode: Literal["auto", "fx", "hooks"] = "auto"
+    include: list[str] = field(default_factory=lambda: ["*"])  # fnmatch globs on module paths
+    exclude: list[str] = field(default_factory=list)
+    ops: list[OpConfig] = field(default_factory=list)  # the user's own equivariant layers, beside the built-in ones
+    fuse: bool = True  # run an op and its branch as one product (op + θW) where the adapter can: VN linears, R2Conv
+    branch: BranchConfig = field(default_factory=BranchConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    theta: ThetaConfig = field(default_factory=ThetaConfig)
+
+
+@dataclass
+class SymmetryConfig:
+    inputs: list[IrrepsSpec]
+    output: IrrepsSpec
+    group: Literal["o3", "escnn"] = "o3"  # escnn: inputs/output name model attributes holding escnn FieldTypes
+    parity: bool = True  # test improper rotations too (O(3)); false for SO(3)-only models
+    translation: bool = True  # translate 'cartesian_points' inputs and outputs
+
+    def check(self, given: Iterable[str]) -> list[tuple[str, str]]:
+        """o3 specs are Irreps strings or 'cartesian_points'; escnn specs name model attributes (FieldTypes)."""
+        problems = []
+        specs = [(f"inputs[{i}]", spec) for i, spec in enumerate(self.inputs)] + [("output", self.output)]
+        for key, spec in specs:
+            if spec is None:
+                continue
+            if self.group == "o3" and spec.isidentifier() and spec != "cartesian_points":
+                problems.append((key, f"{spec!r} is not an Irreps string such as '1x1o'; names of model attributes "
+                                      "holding escnn FieldTypes need 'group: escnn'"))
+            if self.group == "escnn" and (not spec.isidentifier() or spec == "cartesian_points"):
+                problems.append((key, f"{spec!r}: with group escnn, give the name of the model attribute that holds "
+                                      "the escnn FieldType of this tensor (e.g. in_type), or null"))
+        if self.group == "escnn":
+            problems += [(k, "does not apply to group escnn (every element of the escnn group is tested)")
+                         for k in ("parity", "translation") if k in given and getattr(self, k) is not True]
+        return problems
+
+
+def _default_loss() -> ComponentSpec:
+    return ComponentSpec("torch.nn.MSELoss", {}, section="loss")
+
+
+@dataclass(kw_only=True)
+class Recipe:
+    """A validated recipe. Build one with :func:`load_recipe` or :func:`recipe_from_dict`.
+
+    Example::
+
+        recipe = load_recipe("recipe.yaml", ["trainer.epochs=5"])
+        model = instantiate(recipe.model)
+        opt = instantiate(recipe.optimizer, model.parameters())
+    """
+
+    name: Annotated[str, Check(_nonempty)]
+    seed: Annotated[Optional[int], Range(ge=0)] = None
+    model: ComponentSpec
+    data: ComponentSpec
+    loss: ComponentSpec = field(default_factory=_default_loss)
+    optimizer: ComponentSpec
+    scheduler: Optional[ComponentSpec] = None
+    trainer: TrainerConfig
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
+    symmetry: Optional[SymmetryConfig] = None
+    source: Optional[str] = field(default=None, compare=False, metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-able dict with every default filled in; components in ``_component_`` form.
+
+        Example::
+
+            d = recipe.to_dict(); d["trainer"]["epochs"]  # -> 50
+        """
+        return to_plain(self)
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, ComponentSpec):
+        out: dict[str, Any] = {"_component_": value.target}
+        if value.weights is not None:
+            out["_weights_"] = value.weights
+        out.update(copy.deepcopy(value.kwargs))
+        return out
+    if is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value) if not f.metadata.get("internal")}
+    if isinstance(value, list):
+        return [to_plain(v) for v in value]
+    return value
+
+

@@ -1,0 +1,253 @@
+"""Validation: one generic walker over the schema's dataclasses and type hints, collecting every problem."""
+
+from __future__ import annotations
+
+import copy
+import os
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import MISSING, fields, is_dataclass
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from ..errors import RecipeError
+from .components import ComponentSpec, convert_component
+from .overrides import apply_overrides
+from .problems import INVALID, KeyPath, Problems, show, suggest
+from .schema import Check, Recipe
+from .yaml_io import dump_yaml, parse_yaml
+
+__all__ = ["load_recipe", "loads_recipe", "recipe_from_dict", "dump_recipe"]
+
+
+# -----------------------------------------------------------------------------
+# The generic walker over dataclasses and type hints
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _describe(tp: Any) -> str:
+    """Human description of a type hint, for "expected ..." messages."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        custom = [m.describe for m in tp.__metadata__ if isinstance(m, Check) and m.describe]
+        return custom[0] if custom else _describe(args[0])
+    if _is_union(tp):
+        parts = [_describe(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return "a list of strings" if args and args[0] is str else "a list"
+    if tp is ComponentSpec:
+        return "a mapping with '_component_'"
+    if is_dataclass(tp):
+        return "a mapping"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _scalar_ok(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is type(None):
+        return value is None
+    raise TypeError(f"recipe schema uses an unsupported type: {tp!r}")
+
+
+def _convert(value: Any, tp: Any, path: KeyPath, ctx: Problems, expected: str | None = None) -> Any:
+    """Check ``value`` against type hint ``tp``; return the converted value or ``INVALID``.
+
+    ``expected`` replaces the type's description in a type-mismatch message (see ``Check.describe``).
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def mismatch(hint: str = "") -> Any:
+        ctx.add(path, f"expected {expected or _describe(tp)}, got {show(value)}{hint}")
+        return INVALID
+
+    if origin is Annotated:
+        custom = [m.describe for m in tp.__metadata__ if isinstance(m, Check) and m.describe]
+        before = ctx.count()
+        out = _convert(value, args[0], path, ctx, expected or (custom[0] if custom else None))
+        if out is INVALID or out is None or ctx.count() != before:
+            return out
+        for check in tp.__metadata__:
+            problem = check.problem(out) if hasattr(check, "problem") else None
+            if problem:
+                ctx.add(path, problem)
+                return INVALID
+        return out
+
+    if _is_union(tp):  # only Optional[X] is used in the schema
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"recipe schema uses an unsupported union: {tp!r}")
+        if value is None:
+            return None if type(None) in args else mismatch()
+        inner = rest[0]
+        if typing.get_origin(inner) in (Annotated, Literal, list) or is_dataclass(inner) or _scalar_ok(value, inner):
+            return _convert(value, inner, path, ctx, expected)
+        return mismatch()
+
+    if origin is Literal:
+        if any(type(value) is type(c) and value == c for c in args):
+            return value
+        choices = ", ".join(repr(c) for c in args)
+        hint = suggest(value, [c for c in args if isinstance(c, str)]) if isinstance(value, str) else ""
+        ctx.add(path, f"must be one of {choices}; got {show(value)}{hint}")
+        return INVALID
+
+    if origin is list:
+        if not isinstance(value, list):
+            return mismatch()
+        items = [_convert(v, args[0] if args else Any, path + (i,), ctx) for i, v in enumerate(value)]
+        return INVALID if any(x is INVALID for x in items) else items
+
+    if tp is ComponentSpec:
+        return convert_component(value, path, ctx)
+
+    if is_dataclass(tp):
+        return _convert_dataclass(value, tp, path, ctx)
+
+    if not _scalar_ok(value, tp):
+        quoted = tp is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off")
+        return mismatch("; write true or false without quotes" if quoted else "")
+    return float(value) if tp is float else value
+
+
+def _convert_dataclass(value: Any, cls: type, path: KeyPath, ctx: Problems) -> Any:
+    if value is None:  # "relax:" with every key commented out means "all defaults"
+        value = {}
+    if not isinstance(value, dict):
+        ctx.add(path, f"expected {_describe(cls)}, got {show(value)}")
+        return INVALID
+    specs = [f for f in fields(cls) if not f.metadata.get("internal")]
+    names = [f.name for f in specs]
+    before = ctx.count()
+    for key in value:
+        if key not in names:
+            hint = suggest(key, names) or "; expected one of: " + ", ".join(names)
+            ctx.add(path + (key,), f"unknown key{hint}")
+    kwargs: dict[str, Any] = {}
+    hints = _hints(cls)
+    for f in specs:
+        if f.name in value:
+            kwargs[f.name] = _convert(value[f.name], hints[f.name], path + (f.name,), ctx)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            ctx.add(path + (f.name,), "missing required key")
+    if ctx.count() != before:
+        return INVALID
+    obj = cls(**kwargs)
+    for key, message in obj.check(value) if hasattr(obj, "check") else ():
+        ctx.add(path + (key,), message)
+    return obj
+
+
+
+def _validate(
+    data: Any,
+    source: str,
+    lines: dict[KeyPath, int],
+    base_dir: Path | None,
+    overrides: Iterable[str] = (),
+    early: Iterable[tuple[KeyPath, str]] = (),
+) -> Recipe:
+    """Apply overrides to ``data`` and validate it into a Recipe, or raise one RecipeError."""
+    if data is None:
+        needs = "name, model, data, optimizer and trainer"
+        raise RecipeError([f"{source}: the recipe is empty; it needs at least {needs}"], source)
+    if not isinstance(data, dict):
+        where = f"{source}:1" if lines else source
+        raise RecipeError([f"{where}: the recipe must be a mapping of sections, got {show(data)}"], source)
+    ctx = Problems(source, lines, base_dir)
+    for path, message in early:
+        ctx.add(path, message)
+    apply_overrides(data, overrides, ctx)
+    recipe = _convert_dataclass(data, Recipe, (), ctx)
+    problems = ctx.messages()
+    if problems:
+        raise RecipeError(problems, source)
+    recipe.source = source
+    return recipe
+
+
+def loads_recipe(
+    text: str,
+    source: str = "<string>",
+    overrides: Iterable[str] = (),
+    base_dir: str | os.PathLike | None = None,
+) -> Recipe:
+    """Validate recipe YAML text (``base_dir`` resolves relative ``_weights_``; default: the cwd).
+
+    Example::
+
+        recipe = loads_recipe(dump_recipe(recipe))
+    """
+    if isinstance(overrides, str):  # a single override passed by mistake: not a list of characters
+        overrides = [overrides]
+    overrides = list(overrides or ())
+    data, lines, dupes = parse_yaml(text, source)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    return _validate(data, source, lines, base, overrides, dupes)
+
+
+def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file; raise one RecipeError listing every problem.
+
+    Example::
+
+        recipe = load_recipe("recipes/tetris.yaml", ["trainer.epochs=5", "relax.theta.schedule=constant"])
+    """
+    source = os.fspath(path)
+    p = Path(path)
+    if not p.exists():
+        raise RecipeError([f"{source}: file not found"], source)
+    if p.is_dir():
+        raise RecipeError([f"{source}: is a directory; expected a YAML recipe file"], source)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError([f"{source}: cannot read: {exc}"], source) from None
+    return loads_recipe(text, source, overrides, base_dir=Path(os.path.abspath(p)).parent)
+
+
+
+
+def recipe_from_dict(data: Any, source: str = "<checkpoint>") -> Recipe:
+    """Validate a plain dict (e.g. a recipe stored in checkpoint metadata) into a Recipe.
+
+    Relative ``_weights_`` paths are kept as they are and not checked for existence.
+
+    Example::
+
+        recipe = recipe_from_dict(json.loads(meta["recipe"]))
+    """
+    return _validate(copy.deepcopy(data), source, lines={}, base_dir=None)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML text, keys in schema order, every default filled in.
+
+    Example::
+
+        print(dump_recipe(load_recipe("recipe.yaml")))   # what --print-config shows
+    """
+    return dump_yaml(recipe.to_dict())

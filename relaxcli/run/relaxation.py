@@ -1,0 +1,195 @@
+"""The relaxation as the trainer drives it: the relaxed model, its regulariser and its θ schedule behind one
+interface, and :class:`NoRelaxation`, the same interface doing nothing, for a standard run (``relax.enabled:
+false``). The trainer's loop reads straight through either.
+
+Per step: ``before_step`` (the schedule sets θ) → forward → ``regularize`` (λ·Σ terms over the captured inputs)
+and ``penalty`` (a learnt schedule's own loss terms, e.g. ACE's Lagrangian) → backward, optimiser step →
+``after_step`` (e.g. ACE's dual ascent).
+
+Example:
+    >>> relaxation = Relaxation(relax(model), Regularizer(0.01), make_schedule("triangle", total_steps=1000))
+    >>> optimizer = torch.optim.Adam(relaxation.param_groups(), lr=1e-3)
+    >>> relaxation.before_step(step); out = relaxation.net(x)
+    >>> reg, record = relaxation.regularize()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.graph import RelaxedModel, Site
+from ..core.regularizers import Regularizer, site_terms
+from ..core.schedules import Schedule
+
+__all__ = ["Relaxation", "NoRelaxation"]
+
+
+class Relaxation:
+    """A relaxed model trained with a regulariser and a θ schedule."""
+
+    enabled = True
+
+    def __init__(self, relaxed: RelaxedModel, regularizer: Regularizer, schedule: Schedule) -> None:
+        self.relaxed, self.regularizer, self.schedule = relaxed, regularizer, schedule
+
+    @property
+    def net(self) -> nn.Module:
+        """The module the trainer calls."""
+        return self.relaxed
+
+    @property
+    def sites(self) -> list[Site]:
+        return self.relaxed.sites
+
+    @property
+    def mode(self) -> str | None:
+        return self.relaxed.mode
+
+    @property
+    def keeps_relaxation(self) -> bool:
+        """Whether the relaxed model itself is a deliverable (ace_elastic keeps γ), beside its projection."""
+        return self.schedule.keeps_relaxation
+
+    def param_groups(self) -> Any:
+        """What the optimiser trains: the model and branches; a learnt schedule's own variables (ACE's γ, u) in a
+        group without weight decay, at the schedule's lr when it has one. Call once, after ``.to(device)``."""
+        extra = self.schedule.attach(self.relaxed)
+        if not extra:
+            return self.relaxed.parameters()
+        ids = {id(p) for p in extra}
+        group: dict[str, Any] = {"params": extra, "weight_decay": 0.0}
+        if self.schedule.lr is not None:
+            group["lr"] = self.schedule.lr
+        return [{"params": [p for p in self.relaxed.parameters() if id(p) not in ids]}, group]
+
+    def before_step(self, step: int) -> None:
+        self.schedule.before_step(self.relaxed, step)
+
+    def regularize(self) -> tuple[torch.Tensor | float, dict[str, float]]:
+        """The weighted regulariser over the inputs the last forward pass captured, and its numbers to log."""
+        reg = self.regularizer(self.relaxed)
+        return reg.total, {"reg": float(reg.total.detach()), **reg.summary(), "theta": self.theta()}
+
+    def penalty(self) -> torch.Tensor | None:
+        return self.schedule.penalty(self.relaxed)
+
+    def after_step(self, step: int) -> None:
+        self.schedule.after_step(self.relaxed, step)
+
+    @contextlib.contextmanager
+    def projected(self) -> Iterator[None]:
+        """Within the block the branches are off: the net computes the projected model (θ = 0)."""
+        with self.relaxed.projected():
+            yield
+
+    def release(self) -> None:
+        """Drop inputs captured for the regulariser (after an evaluation pass)."""
+        for b in self.relaxed.branches.values():
+            b.captured.clear()
+
+    def theta(self) -> float | None:
+        """The mean θ (γ) over the sites."""
+        return self.schedule.summary(self.relaxed)["theta"]
+
+    def summary(self) -> dict[str, float]:
+        """A few numbers for the progress line (θ, and a learnt schedule's means)."""
+        return self.schedule.summary(self.relaxed)
+
+    def site_stats(self) -> dict[str, dict[str, float]]:
+        """Per site: θ, ‖B‖_F and the data-free Lie-derivative and discrete norms of the branch (``SITE_KEYS``),
+        and the schedule's own numbers (ACE: γ, λ, u)."""
+        out = {}
+        with torch.no_grad():
+            extra = self.schedule.site_state(self.relaxed)
+            for s in self.relaxed.sites:
+                t = site_terms(s.branch, None, "weight")
+                out[s.path] = {"theta": float(s.branch.theta), "weight_norm": float(t.projection),
+                               "lie": float(t.lie), "discrete": float(t.discrete), **extra.get(s.path, {})}
+        return out
+
+    def branch_state(self) -> dict[str, torch.Tensor]:
+        return self.relaxed.branches.state_dict()
+
+    def load_branch_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.relaxed.branches.load_state_dict(state, strict=True)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The schedule's state (ACE: λ, u), for resuming."""
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.schedule.load_state_dict(state)
+
+
+class NoRelaxation(Relaxation):
+    """A standard run: the user's model as it is, no branches, no regulariser, no schedule."""
+
+    enabled = False
+
+    def __init__(self, model: nn.Module) -> None:  # noqa: D107  (no relaxed model, regulariser or schedule)
+        self.model = model
+
+    @property
+    def net(self) -> nn.Module:
+        return self.model
+
+    @property
+    def sites(self) -> list[Site]:
+        return []
+
+    @property
+    def mode(self) -> str | None:
+        return None
+
+    @property
+    def keeps_relaxation(self) -> bool:
+        return False
+
+    def param_groups(self) -> Any:
+        return self.model.parameters()
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def regularize(self) -> tuple[torch.Tensor | float, dict[str, float]]:
+        return 0.0, {}
+
+    def penalty(self) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def projected(self) -> Iterator[None]:
+        yield
+
+    def release(self) -> None:
+        pass
+
+    def theta(self) -> float | None:
+        return None
+
+    def summary(self) -> dict[str, float]:
+        return {}
+
+    def site_stats(self) -> dict[str, dict[str, float]]:
+        return {}
+
+    def branch_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_branch_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
