@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import relaxcli
-from relaxcli.data import NBodyData, PointCloudData
+from relaxcli.tasks import NBodyData, PointCloudData
 
 
 def timed(make: Callable[[], Any], repeats: int) -> list[float]:

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 import relaxcli
-from relaxcli.build import restore
-from relaxcli.checkpoint import load_checkpoint
-from relaxcli.projection import example_inputs, symmetry_args
+from relaxcli.run.build import restore
+from relaxcli.run.checkpoint import load_checkpoint
+from relaxcli.run.symmetry import example_inputs, symmetry_args
 from relaxcli.recipe import Recipe
 from relaxcli.testing import equivariance_error
 

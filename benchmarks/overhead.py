@@ -16,13 +16,13 @@ step time of *either* variant swings by 1.5-3x between runs (``--malloc default`
 
 Models:
 
-- ``nbody``: ``relaxcli.models.SEGNN`` (4 layers) on a batch of 100 five-particle systems, widths 16 and 32
+- ``nbody``: ``relaxcli.tasks.SEGNN`` (4 layers) on a batch of 100 five-particle systems, widths 16 and 32
   (``16x0e+16x1o``, ``32x0e+32x1o``); MSE loss.
-- ``grid``: ``relaxcli.models.SteerableCNN`` (escnn, C4, 8 regular fields, three 5x5 ``R2Conv``; relaxed through
+- ``grid``: ``relaxcli.tasks.SteerableCNN`` (escnn, C4, 8 regular fields, three 5x5 ``R2Conv``; relaxed through
   forward hooks) on 16 Allen-Cahn fields of 32x32; MSE loss. Needs the escnn extra.
-- ``vn``: a small Vector-Neuron PointNet: VNLinear + VN-LeakyReLU blocks of 64 channels on ``[32, 1, 3, 512]``
-  points, mean pooling over points, rotation-invariant inner products, a plain ``nn.Linear`` classifier;
-  cross-entropy on random labels.
+- ``vn``: the package's ``relaxcli.tasks.VNPointNet`` (64 channels, 3 layers, no k-NN) on ``[32, 512, 3]`` points;
+  cross-entropy on random labels. (Before 0.2.0 this benchmark carried its own, smaller VN-PointNet; its ratios in
+  ``results/`` are not comparable.)
 
 Example:
     python benchmarks/overhead.py --model all --steps 200 --threads 1 --json overhead.json
@@ -51,58 +51,7 @@ import torch
 from torch import nn
 
 import relaxcli
-from relaxcli.models import SEGNN
-
-# ---------------------------------------------------------------------------------------------------------------
-# models
-
-
-class VNLeakyReLU(nn.Module):
-    """Vector-Neuron leaky ReLU (Deng et al., 2021): a learned direction ``k = U x`` per channel; the part of ``x``
-    pointing against ``k`` is (mostly) removed. ``x``: ``[B, C, 3, N]``."""
-
-    def __init__(self, channels: int, negative_slope: float = 0.2, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.map_to_dir = relaxcli.VNLinear(channels, channels)
-        self.negative_slope, self.eps = negative_slope, eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.map_to_dir(x)
-        dot = (x * d).sum(2, keepdim=True)
-        d_sq = (d * d).sum(2, keepdim=True)
-        mask = (dot >= 0).to(x.dtype)
-        s = self.negative_slope
-        return s * x + (1 - s) * (mask * x + (1 - mask) * (x - (dot / (d_sq + self.eps)) * d))
-
-
-class VNBlock(nn.Module):
-    """``VNLinear`` then ``VNLeakyReLU``."""
-
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__()
-        self.linear = relaxcli.VNLinear(c_in, c_out)
-        self.act = VNLeakyReLU(c_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.linear(x))
-
-
-class VNPointNet(nn.Module):
-    """A small VN-PointNet classifier: ``[B, 1, 3, N]`` points -> ``[B, num_classes]`` logits, SO(3)-invariant."""
-
-    def __init__(self, channels: int = 64, num_blocks: int = 3, num_classes: int = 40) -> None:
-        super().__init__()
-        chans = [1] + [channels] * num_blocks
-        self.blocks = nn.Sequential(*(VNBlock(a, b) for a, b in zip(chans[:-1], chans[1:])))
-        self.frame = relaxcli.VNLinear(channels, 3)  # a learned, equivariant 3-frame for invariant features
-        self.classifier = nn.Linear(3 * channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(x).mean(dim=-1)  # VN mean pooling over points: [B, C, 3]
-        frame = self.frame(h)  # [B, 3, 3]
-        inv = torch.einsum("bci,bki->bck", h, frame).flatten(1)  # inner products: rotation invariant
-        return self.classifier(inv)
-
+from relaxcli.tasks import SEGNN, VNPointNet
 
 @dataclass
 class Case:
@@ -135,21 +84,21 @@ def nbody_case(width: int, device: torch.device, seed: int) -> Case:
 
 def vn_case(device: torch.device, seed: int) -> Case:
     g = torch.Generator().manual_seed(seed)
-    points = torch.randn(32, 1, 3, 512, generator=g)
+    points = torch.randn(32, 512, 3, generator=g)
     labels = torch.randint(0, 40, (32,), generator=g)
     return Case(
         "vn-pointnet",
-        lambda: VNPointNet(channels=64, num_blocks=3, num_classes=40),
+        lambda: VNPointNet(num_classes=40, hidden=64, num_layers=3),
         (points.to(device),),
         labels.to(device),
         nn.functional.cross_entropy,
-        {"channels": 64, "blocks": 3, "batch": "32 clouds x 512 points"},
+        {"model": "relaxcli.tasks.VNPointNet", "hidden": 64, "num_layers": 3, "batch": "32 clouds x 512 points"},
     )
 
 
 def grid_case(device: torch.device, seed: int) -> Case:
-    from relaxcli.data import AllenCahnData
-    from relaxcli.models import SteerableCNN
+    from relaxcli.tasks import AllenCahnData
+    from relaxcli.tasks import SteerableCNN
 
     data = AllenCahnData(train=16, val=1, test=1, size=32, seed=seed)
     return Case(

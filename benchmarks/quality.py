@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from relaxcli.recipe import load_recipe
-from relaxcli.trainer import Trainer
+from relaxcli.run.trainer import Trainer
 
 RECIPES = Path(__file__).resolve().parent.parent / "relaxcli" / "recipes"
 

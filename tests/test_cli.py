@@ -8,7 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from conftest import RELAX
 
 import e3nn.util.test
 import pytest
@@ -21,37 +25,9 @@ from relaxcli.run.checkpoint import load_checkpoint
 from relaxcli.tasks import NBodyData
 from relaxcli.tasks import SEGNN
 
-RELAX = [sys.executable, "-m", "relaxcli"]
-MODEL = {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": "4x0e+4x1o", "num_layers": 1}
-
-
-def tiny_recipe(tmp: Path, name: str = "tiny", epochs: int = 4, train: int = 40, **relax: object) -> Path:
-    recipe = {
-        "name": name,
-        "seed": 3,
-        "model": MODEL,
-        "data": {"_component_": "relaxcli.tasks.NBodyData", "train": train, "val": 20, "test": 20, "seed": 1},
-        "optimizer": {"_component_": "torch.optim.Adam", "lr": 3e-3},
-        "trainer": {"epochs": epochs, "batch_size": 10, "log_every": 2, "device": "cpu"},
-        "symmetry": {"inputs": ["cartesian_points", "1x1o", None], "output": "cartesian_points"},
-        "relax": {"theta": {"schedule": "constant"}, "branch": {"init_std": 0.01}, **relax},
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
-def run(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RELAX_CACHE": str(cwd / "cache")}
-    proc = subprocess.run([*RELAX, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"relax {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def test_train_project_inspect(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path)
-    run("train", recipe, "--run-dir", "run", cwd=tmp_path)
+def test_train_project_inspect(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe()
+    relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     run_dir = tmp_path / "run"
     for f in ("recipe.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "plots/loss.png", "plots/theta.png",
               "plots/lie.png", "checkpoints/best.safetensors", "checkpoints/last.safetensors"):
@@ -65,13 +41,13 @@ def test_train_project_inspect(tmp_path: Path) -> None:
 
     # the relaxed checkpoint (constant θ = 1) is clearly not equivariant; its projection is
     last = run_dir / "checkpoints" / "last.safetensors"
-    report = json.loads(run("inspect", last, "--json", cwd=tmp_path).stdout)
+    report = json.loads(relax_cli("inspect", last, "--json", cwd=tmp_path).stdout)
     assert report["kind"] == "relaxed" and len(report["sites"]) == 7
     assert report["equivariance"]["relaxed"]["relative"] > 1e-3
     assert report["equivariance"]["projected"]["relative"] < 1e-6
-    assert run("inspect", last, "--tolerance", "1e-6", cwd=tmp_path, check=False).returncode == 3
+    assert relax_cli("inspect", last, "--tolerance", "1e-6", cwd=tmp_path, check=False).returncode == 3
 
-    proc = run("project", last, "-o", "projected.safetensors", cwd=tmp_path)
+    proc = relax_cli("project", last, "-o", "projected.safetensors", cwd=tmp_path)
     assert "projected model is equivariant" in proc.stdout
     state = safetensors.torch.load_file(tmp_path / "projected.safetensors")
     model = SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1)
@@ -85,26 +61,26 @@ def test_train_project_inspect(tmp_path: Path) -> None:
         NBodyData(40, 20, 20, seed=1, cache_dir=str(tmp_path / "cache")).val, batch_size=8)))
     e3nn.util.test.assert_equivariant(model, args_in=[pos, vel, q], irreps_in=["cartesian_points", "1x1o", None],
                                       irreps_out=["cartesian_points"])
-    proc = run("inspect", "projected.safetensors", "--tolerance", "1e-6", "--json", cwd=tmp_path)
+    proc = relax_cli("inspect", "projected.safetensors", "--tolerance", "1e-6", "--json", cwd=tmp_path)
     assert json.loads(proc.stdout)["equivariance"]["projected"]["relative"] < 1e-6
 
     # nothing the user had is overwritten
-    again = run("project", last, "-o", "projected.safetensors", cwd=tmp_path, check=False)
+    again = relax_cli("project", last, "-o", "projected.safetensors", cwd=tmp_path, check=False)
     assert again.returncode == 1 and "already exists" in again.stderr
-    taken = run("train", recipe, "--run-dir", "run", cwd=tmp_path, check=False)
+    taken = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path, check=False)
     assert taken.returncode == 1 and "not empty" in taken.stderr and "--overwrite" in taken.stderr
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    refused = run("train", recipe, "--run-dir", "mine", "--overwrite", cwd=tmp_path, check=False)
+    refused = relax_cli("train", recipe, "--run-dir", "mine", "--overwrite", cwd=tmp_path, check=False)
     assert refused.returncode == 1 and "not a relax run directory" in refused.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_project_refuses_a_model_that_fails_the_check(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path, epochs=1)
-    run("train", recipe, "--run-dir", "run", cwd=tmp_path)
+def test_project_refuses_a_model_that_fails_the_check(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe(epochs=1)
+    relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     # declare the velocities as pseudovectors: the (correct) model then fails the parity check
-    bad = tiny_recipe(tmp_path, name="bad", epochs=1)
+    bad = nbody_recipe(name="bad", epochs=1)
     ckpt = tmp_path / "run" / "checkpoints" / "best.safetensors"
     data = load_checkpoint(ckpt)
     recipe_meta = json.loads(data.metadata["recipe"])
@@ -112,69 +88,69 @@ def test_project_refuses_a_model_that_fails_the_check(tmp_path: Path) -> None:
     tensors = dict(data.tensors)
     safetensors.torch.save_file(tensors, str(tmp_path / "wrong.safetensors"),
                                 metadata={**data.metadata, "recipe": json.dumps(recipe_meta)})
-    proc = run("project", "wrong.safetensors", "-o", "out.safetensors", cwd=tmp_path, check=False)
+    proc = relax_cli("project", "wrong.safetensors", "-o", "out.safetensors", cwd=tmp_path, check=False)
     assert proc.returncode == 3
     assert "not equivariant" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out.safetensors").exists()
     assert bad.exists()
 
 
-def test_bad_recipe_lists_every_problem(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path)
+def test_bad_recipe_lists_every_problem(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe()
     text = recipe.read_text().replace("epochs: 4", "epochs: four").replace("schedule: constant", "shedule: constant")
     text = text.replace("torch.optim.Adam", "torch.optim.Adamm")
     recipe.write_text(text)
-    proc = run("train", recipe, "relax.regularizer.weight=-1", cwd=tmp_path, check=False)
+    proc = relax_cli("train", recipe, "relax.regularizer.weight=-1", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     for expected in ("trainer.epochs: expected an integer", "relax.theta.shedule: unknown key; did you mean "
                      "'schedule'?", "cannot import torch.optim.Adamm", "relax.regularizer.weight"):
         assert expected in proc.stderr, (expected, proc.stderr)
     assert "has 4 problems" in proc.stderr
-    debug = run("train", recipe, "--debug", cwd=tmp_path, check=False)
+    debug = relax_cli("train", recipe, "--debug", cwd=tmp_path, check=False)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
-def test_clear_errors_for_missing_and_corrupted_inputs(tmp_path: Path) -> None:
-    proc = run("train", "nope.yaml", cwd=tmp_path, check=False)
+def test_clear_errors_for_missing_and_corrupted_inputs(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+    proc = relax_cli("train", "nope.yaml", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "nope.yaml: file not found" in proc.stderr and "Traceback" not in proc.stderr
     (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     for command in ("project", "inspect"):
-        proc = run(command, "broken.safetensors", cwd=tmp_path, check=False)
+        proc = relax_cli(command, "broken.safetensors", cwd=tmp_path, check=False)
         assert proc.returncode == 1 and "not a readable safetensors checkpoint" in proc.stderr
         assert "Traceback" not in proc.stderr
-    proc = run("inspect", "missing.safetensors", cwd=tmp_path, check=False)
+    proc = relax_cli("inspect", "missing.safetensors", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "does not exist" in proc.stderr
-    recipe = tiny_recipe(tmp_path)
+    recipe = nbody_recipe()
     recipe.write_text(recipe.read_text().replace("relaxcli.tasks.SEGNN", "relaxcli.tasks.SEGNNN"))
-    proc = run("train", recipe, cwd=tmp_path, check=False)
+    proc = relax_cli("train", recipe, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "cannot import relaxcli.tasks.SEGNNN" in proc.stderr
     assert "did you mean 'SEGNN'" in proc.stderr
 
 
-def test_print_config_and_dry_run(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path)
-    printed = yaml.safe_load(run("train", recipe, "trainer.epochs=9", "--print-config", cwd=tmp_path).stdout)
+def test_print_config_and_dry_run(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe()
+    printed = yaml.safe_load(relax_cli("train", recipe, "trainer.epochs=9", "--print-config", cwd=tmp_path).stdout)
     assert printed["trainer"]["epochs"] == 9 and printed["relax"]["regularizer"]["weight"] == 0.01
-    proc = run("train", recipe, "--dry-run", cwd=tmp_path)
+    proc = relax_cli("train", recipe, "--dry-run", cwd=tmp_path)
     assert "one training step ok" in proc.stdout and "graph pass: fx" in proc.stdout
     assert "layers.0.message1.tp" in proc.stdout
     assert not (tmp_path / "runs").exists()
 
 
-def test_recipes_command(tmp_path: Path) -> None:
-    listing = run("recipes", cwd=tmp_path).stdout
+def test_recipes_command(tmp_path: Path, relax_cli: Callable[..., Any]) -> None:
+    listing = relax_cli("recipes", cwd=tmp_path).stdout
     assert "nbody_relaxed" in listing and "nbody_standard" in listing
-    run("recipes", "nbody_relaxed", cwd=tmp_path)
+    relax_cli("recipes", "nbody_relaxed", cwd=tmp_path)
     assert (tmp_path / "nbody_relaxed.yaml").is_file()
-    again = run("recipes", "nbody_relaxed", cwd=tmp_path, check=False)
+    again = relax_cli("recipes", "nbody_relaxed", cwd=tmp_path, check=False)
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
 @pytest.mark.parametrize("theta", [{"schedule": "constant"}, {"schedule": "ace_elastic", "dual_lr": 0.05}])
-def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path, theta: dict) -> None:
-    recipe = tiny_recipe(tmp_path, epochs=14, train=60, theta=theta)  # ace_elastic: γ, λ and u resume exactly
-    run("train", recipe, "--run-dir", "straight", cwd=tmp_path)
+def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path, theta: dict, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe(epochs=14, train=60, relax={"theta": theta})  # ace_elastic: γ, λ and u resume exactly
+    relax_cli("train", recipe, "--run-dir", "straight", cwd=tmp_path)
 
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen([*RELAX, "train", str(recipe), "--run-dir", "killed"], cwd=tmp_path, env=env,
@@ -193,7 +169,7 @@ def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path, theta:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "summary.json").exists()
-    run("train", "--resume", "killed", cwd=tmp_path)
+    relax_cli("train", "--resume", "killed", cwd=tmp_path)
 
     a = json.loads((tmp_path / "straight" / "summary.json").read_text())
     b = json.loads((tmp_path / "killed" / "summary.json").read_text())
@@ -208,14 +184,14 @@ def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path, theta:
     assert strip(lines("straight")) == strip(lines("killed"))
 
 
-def test_standard_twin_trains_the_plain_model(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path, epochs=2, enabled=False)
+def test_standard_twin_trains_the_plain_model(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe(epochs=2, relax={"enabled": False})
     data = yaml.safe_load(recipe.read_text())
     data["seed"] = None  # drawn and recorded
     data["scheduler"] = {"_component_": "torch.optim.lr_scheduler.StepLR", "step_size": 1, "gamma": 0.5}
     data["trainer"]["grad_clip"] = 0.5
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
-    run("train", recipe, "--run-dir", "std", cwd=tmp_path)
+    relax_cli("train", recipe, "--run-dir", "std", cwd=tmp_path)
     summary = json.loads((tmp_path / "std" / "summary.json").read_text())
     assert summary["relaxed"] is False and summary["test_relaxed"] is None
     recorded = yaml.safe_load((tmp_path / "std" / "recipe.yaml").read_text())
@@ -229,29 +205,29 @@ def test_standard_twin_trains_the_plain_model(tmp_path: Path) -> None:
     assert not (tmp_path / "std" / "plots" / "theta.png").exists()
 
 
-def test_initial_weights_from_the_recipe(tmp_path: Path) -> None:
+def test_initial_weights_from_the_recipe(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
     from relaxcli.run.build import build_model
     from relaxcli.recipe import load_recipe
 
     torch.manual_seed(5)
     source = SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1)
     safetensors.torch.save_file(source.state_dict(), str(tmp_path / "init.safetensors"))
-    recipe = tiny_recipe(tmp_path)
+    recipe = nbody_recipe()
     recipe.write_text(recipe.read_text().replace("  _component_: relaxcli.tasks.SEGNN",
                                                  "  _component_: relaxcli.tasks.SEGNN\n  _weights_: init.safetensors"))
     model = build_model(load_recipe(recipe))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
     safetensors.torch.save_file({"embed.weight": torch.zeros(3)}, str(tmp_path / "init.safetensors"))
-    proc = run("train", recipe, "--dry-run", cwd=tmp_path, check=False)
+    proc = relax_cli("train", recipe, "--dry-run", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "does not match SEGNN: missing keys" in proc.stderr
 
 
-def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path) -> None:
-    recipe = tiny_recipe(tmp_path, epochs=6, theta={"schedule": "ace_elastic", "dual_lr": 0.05})
+def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe(epochs=6, relax={"theta": {"schedule": "ace_elastic", "dual_lr": 0.05}})
     data = yaml.safe_load(recipe.read_text())
     data["data"]["field"] = 0.5  # a field along z that the model does not see
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
-    proc = run("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    proc = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     assert "relaxed model with γ kept" in proc.stdout and "relax project --keep-gamma" in proc.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     kept_ckpt = tmp_path / summary["best_relaxed_checkpoint"]
@@ -265,11 +241,11 @@ def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path) -> None
         assert site["gamma"] == site["theta"] and site["gamma"] < 1.0  # γ is the site's θ, and it moved
 
     # the projection is strictly equivariant; the kept model is not, and says so without failing
-    run("project", summary["best_checkpoint"], "-o", "projected.safetensors", cwd=tmp_path)
-    proc = run("project", "--keep-gamma", kept_ckpt, "-o", "kept.safetensors", cwd=tmp_path)
+    relax_cli("project", summary["best_checkpoint"], "-o", "projected.safetensors", cwd=tmp_path)
+    proc = relax_cli("project", "--keep-gamma", kept_ckpt, "-o", "kept.safetensors", cwd=tmp_path)
     error = float(proc.stdout.split("relative equivariance error ")[1].split()[0])
     assert error > 1e-4, proc.stdout
-    proc = run("project", "--keep-gamma", kept_ckpt, "-o", "kept.safetensors", cwd=tmp_path, check=False)
+    proc = relax_cli("project", "--keep-gamma", kept_ckpt, "-o", "kept.safetensors", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "already exists" in proc.stderr  # nothing is overwritten
 
     import relaxcli
@@ -288,8 +264,8 @@ def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path) -> None
             assert torch.allclose(kept(*inputs), projected(*inputs), atol=1e-6)
         assert not torch.allclose(kept(*inputs), projected(*inputs), atol=1e-4)
 
-    report = json.loads(run("inspect", "kept.safetensors", "--json", cwd=tmp_path).stdout)
+    report = json.loads(relax_cli("inspect", "kept.safetensors", "--json", cwd=tmp_path).stdout)
     assert all(set(row["schedule"]) == {"lambda", "u"} for row in report["sites"])
     assert any(note.startswith("learnt schedule:") for note in report["notes"])
-    table = run("inspect", "kept.safetensors", cwd=tmp_path).stdout
+    table = relax_cli("inspect", "kept.safetensors", cwd=tmp_path).stdout
     assert "λ" in table and "γ" in table

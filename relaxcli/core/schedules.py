@@ -287,7 +287,8 @@ class AceElastic(Ace):
         return out
 
 
-#: The schedules a recipe can name (``relax.theta.schedule``): one entry per schedule class.
+#: The schedules a recipe can name (``relax.theta.schedule``): one entry per schedule class; the first is the
+#: default.
 SCHEDULES: dict[str, type[Schedule]] = {
     "triangle": Triangle, "constant": Constant, "linear": LinearDecay, "cosine": CosineDecay,
     "ace": Ace, "ace_elastic": AceElastic,

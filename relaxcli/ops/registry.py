@@ -24,7 +24,8 @@ from .vector_neurons import VectorNeuronAdapter
 
 __all__ = ["ACTIONS", "register_op", "registered_ops", "find_adapter"]
 
-#: Recipe action name -> the adapter class implementing it (constructor: the layer class, then its recipe_keys).
+#: Recipe action name -> the adapter class implementing it (constructor: the layer class, then its recipe_keys);
+#: the first is the default.
 ACTIONS: dict[str, type[OpAdapter]] = {cls.action: cls for cls in (IrrepsAdapter, VectorNeuronAdapter)
                                        if cls.action is not None}
 

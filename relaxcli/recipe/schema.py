@@ -147,6 +147,13 @@ def _one_of(value: str, registry: Iterable[str]) -> str | None:
         f"{suggest(value, names)}"
 
 
+def _first(module: str, registry: str) -> str:
+    """The first entry of a registry: its default."""
+    import importlib
+
+    return next(iter(getattr(importlib.import_module(module, __package__), registry)))
+
+
 def _schedule_problem(value: str) -> str | None:
     from ..core.schedules import SCHEDULES
 
@@ -168,7 +175,8 @@ def _action_problem(value: str) -> str | None:
 def _unused(section: Any, given: Iterable[str], used: tuple[str, ...], users: dict[str, list[str]],
             what: str) -> list[tuple[str, str]]:
     """Keys given a non-default value that the chosen ``what`` does not read (key, problem)."""
-    defaults = type(section)(**{f.name: getattr(section, f.name) for f in fields(section) if f.default is MISSING})
+    required = [f.name for f in fields(section) if f.default is MISSING and f.default_factory is MISSING]
+    defaults = type(section)(**{k: getattr(section, k) for k in required})
     return [(k, f"is not used by {what}; it applies to {', '.join(users.get(k, ['none']))} only")
             for k in given if k in users and k not in used and getattr(section, k) != getattr(defaults, k)]
 
@@ -178,7 +186,8 @@ class ThetaConfig:
     """``relax.theta``: the schedule (a key of ``relaxcli.core.schedules.SCHEDULES``) and its options; each
     schedule class lists the keys it reads (``recipe_keys``)."""
 
-    schedule: Annotated[str, Check(_schedule_problem, "the name of a θ schedule")] = "triangle"
+    schedule: Annotated[str, Check(_schedule_problem, "the name of a θ schedule")] = field(
+        default_factory=lambda: _first("..core.schedules", "SCHEDULES"))
     # hand schedules
     max: Annotated[float, Range(ge=0)] = 1.0
     granularity: Literal["step", "epoch"] = "step"
@@ -211,7 +220,8 @@ class OpConfig:
     action is a key of ``relaxcli.ops.registry.ACTIONS``; each action's adapter lists the keys it reads."""
 
     layer: str  # import path of the layer class
-    action: Annotated[str, Check(_action_problem, "the name of an op action")] = "irreps"
+    action: Annotated[str, Check(_action_problem, "the name of an op action")] = field(
+        default_factory=lambda: _first("..ops.registry", "ACTIONS"))
     # action irreps: e3nn irreps on the last axis; an attribute name of the layer, or the irreps themselves
     irreps_in: str = "irreps_in"
     irreps_out: str = "irreps_out"

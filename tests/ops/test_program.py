@@ -3,44 +3,25 @@ the model's source, and ``relax export`` of a projected checkpoint."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import e3nn.util.test
 import safetensors.torch
 import torch
-import yaml
 from e3nn import o3
 
 import relaxcli
 from relaxcli.tasks import SEGNN
 
-RELAX = [sys.executable, "-m", "relaxcli"]
 HIDDEN = "4x0e+4x1o"
-SYMMETRY = {"inputs": ["cartesian_points", "1x1o", None], "output": "cartesian_points"}
 
 
-def run(*args: str | Path, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RELAX_CACHE": str(cwd / "cache")}
-    proc = subprocess.run([*RELAX, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert (proc.returncode == 0) == ok, f"relax {args} ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def write_recipe(tmp: Path, model: dict) -> Path:
-    recipe = {
-        "name": "program", "seed": 4, "model": model,
-        "data": {"_component_": "relaxcli.tasks.NBodyData", "train": 30, "val": 16, "test": 16, "seed": 1},
-        "optimizer": {"_component_": "torch.optim.Adam", "lr": 3e-3},
-        "trainer": {"epochs": 2, "batch_size": 7, "device": "cpu"},  # a short last batch: the batch is symbolic
-        "symmetry": SYMMETRY,
-        "relax": {"theta": {"schedule": "constant"}, "branch": {"init_std": 0.01}},
-    }
-    path = tmp / "program.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
+def write_recipe(nbody_recipe: Callable[..., Path], model: dict[str, Any]) -> Path:
+    # a short last batch (30 = 4 x 7 + 2): the batch dimension of the program is symbolic
+    return nbody_recipe("program", epochs=2, train=30, val=16, test=16, model=model,
+                        trainer={"batch_size": 7, "log_every": 10})
 
 
 def inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -54,16 +35,17 @@ def assert_equivariant(fn) -> None:  # type: ignore[no-untyped-def]
                                       irreps_out=["cartesian_points"], args_in=list(inputs(3, seed=7)))
 
 
-def test_pt2_model_trained_and_projected_without_source(tmp_path: Path) -> None:
+def test_pt2_model_trained_and_projected_without_source(tmp_path: Path, relax_cli: Callable[..., Any],
+                                                        nbody_recipe: Callable[..., Path]) -> None:
     torch.manual_seed(0)
     source = SEGNN(hidden_irreps=HIDDEN, num_layers=1)
     relaxcli.export_program(source, inputs(4), tmp_path / "segnn.pt2")
-    recipe = write_recipe(tmp_path, {"_component_": "relaxcli.ops.program.load_program", "path": "segnn.pt2"})
+    recipe = write_recipe(nbody_recipe, {"_component_": "relaxcli.ops.program.load_program", "path": "segnn.pt2"})
 
-    proc = run("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    proc = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     assert "relaxed 7 sites" in proc.stderr  # the sites recorded in the .pt2, found by path in the program
     best = tmp_path / "run" / "checkpoints" / "best.safetensors"
-    proc = run("project", best, cwd=tmp_path)
+    proc = relax_cli("project", best, cwd=tmp_path)
     assert "projected model is equivariant" in proc.stdout and "best.projected.pt2" in proc.stdout
 
     # the projected weights carry the original parameter names: they load strictly into the user's class
@@ -78,20 +60,21 @@ def test_pt2_model_trained_and_projected_without_source(tmp_path: Path) -> None:
     assert_equivariant(program)
 
     # a second projection does not overwrite the program silently
-    again = run("project", best, cwd=tmp_path, ok=False)
+    again = relax_cli("project", best, cwd=tmp_path, check=False)
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
-def test_export_projected_checkpoint_of_a_source_model(tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": HIDDEN,
+def test_export_projected_checkpoint_of_a_source_model(tmp_path: Path, relax_cli: Callable[..., Any],
+                                                       nbody_recipe: Callable[..., Path]) -> None:
+    recipe = write_recipe(nbody_recipe, {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": HIDDEN,
                                      "num_layers": 1})
-    run("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     best = tmp_path / "run" / "checkpoints" / "best.safetensors"
-    refused = run("export", best, cwd=tmp_path, ok=False)
+    refused = relax_cli("export", best, cwd=tmp_path, check=False)
     assert "project it first" in refused.stderr and "Traceback" not in refused.stderr
-    run("project", best, "-o", "p.safetensors", cwd=tmp_path)
-    assert "already a projected checkpoint" in run("project", "p.safetensors", cwd=tmp_path, ok=False).stderr
-    run("export", "p.safetensors", "-o", "p.pt2", cwd=tmp_path)
+    relax_cli("project", best, "-o", "p.safetensors", cwd=tmp_path)
+    assert "already a projected checkpoint" in relax_cli("project", "p.safetensors", cwd=tmp_path, check=False).stderr
+    relax_cli("export", "p.safetensors", "-o", "p.pt2", cwd=tmp_path)
 
     model = SEGNN(hidden_irreps=HIDDEN, num_layers=1)
     model.load_state_dict(safetensors.torch.load_file(tmp_path / "p.safetensors"), strict=True)

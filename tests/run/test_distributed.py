@@ -9,42 +9,27 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-import yaml
+
+from conftest import RELAX, TORCHRUN, run_relax
 
 from relaxcli.run.checkpoint import load_checkpoint
 
-RELAX = [sys.executable, "-m", "relaxcli"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "relaxcli"]
-
-
-def recipe(tmp: Path, epochs: int, theta: dict) -> Path:
+def recipe(nbody_recipe: Callable[..., Path], epochs: int, theta: dict[str, Any]) -> Path:
     """31 training systems in global batches of 7: the last batch (3) splits unevenly, 2 + 1, over two processes.
     float64 and the regulariser over all rows, so that one process and two agree to rounding."""
-    data = {
-        "name": "ddp",
-        "seed": 5,
-        "model": {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": "4x0e+4x1o", "num_layers": 1},
-        "data": {"_component_": "relaxcli.tasks.NBodyData", "train": 31, "val": 15, "test": 15, "seed": 1},
-        "optimizer": {"_component_": "torch.optim.Adam", "lr": 3e-3},
-        "trainer": {"epochs": epochs, "batch_size": 7, "log_every": 2, "device": "cpu", "dtype": "float64",
-                    "grad_clip": 1.0},
-        "symmetry": {"inputs": ["cartesian_points", "1x1o", None], "output": "cartesian_points"},
-        "relax": {"theta": theta, "branch": {"init_std": 0.01}, "regularizer": {"rows": None}},
-    }
-    path = tmp / "ddp.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return nbody_recipe("ddp", epochs=epochs, train=31, val=15, test=15, seed=5,
+                        trainer={"batch_size": 7, "dtype": "float64", "grad_clip": 1.0},
+                        relax={"theta": theta, "regularizer": {"rows": None}})
 
 
-def launch(cmd: list[str], cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RELAX_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kw)  # type: ignore
-    assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc
+def launch(args: list[str], cwd: Path, torchrun: bool = False) -> subprocess.CompletedProcess[str]:
+    return run_relax(*args, cwd=cwd, command=TORCHRUN if torchrun else None, env={"OMP_NUM_THREADS": "1"})
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -68,11 +53,11 @@ def assert_same_run(a: Path, b: Path) -> None:
                 assert rb[key] == pytest.approx(ra[key], rel=1e-9), (ra["kind"], ra["step"], key)
 
 
-def test_torchrun_two_processes_equal_one_process(tmp_path: Path) -> None:
+def test_torchrun_two_processes_equal_one_process(tmp_path: Path, nbody_recipe: Callable[..., Path]) -> None:
     # ace_elastic: γ is a parameter inside DDP, the slack u and the duals λ live outside it
-    path = recipe(tmp_path, epochs=3, theta={"schedule": "ace_elastic", "dual_lr": 0.05})
-    launch([*RELAX, "train", str(path), "--run-dir", "single"], tmp_path)
-    proc = launch([*TORCHRUN, "train", str(path), "--run-dir", "ddp"], tmp_path)
+    path = recipe(nbody_recipe, epochs=3, theta={"schedule": "ace_elastic", "dual_lr": 0.05})
+    launch(["train", str(path), "--run-dir", "single"], tmp_path)
+    proc = launch(["train", str(path), "--run-dir", "ddp"], tmp_path, torchrun=True)
     assert proc.stdout.count("best epoch") == 2  # the summary is printed once, by rank 0 (+ the γ-kept line)
     assert_same_run(tmp_path / "single", tmp_path / "ddp")
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("single", "ddp"))
@@ -81,9 +66,9 @@ def test_torchrun_two_processes_equal_one_process(tmp_path: Path) -> None:
     assert listing("ddp") == listing("single")
 
 
-def test_nproc_kill_minus_nine_and_resume(tmp_path: Path) -> None:
-    path = recipe(tmp_path, epochs=12, theta={"schedule": "triangle"})
-    launch([*RELAX, "train", str(path), "--run-dir", "single"], tmp_path)
+def test_nproc_kill_minus_nine_and_resume(tmp_path: Path, nbody_recipe: Callable[..., Path]) -> None:
+    path = recipe(nbody_recipe, epochs=12, theta={"schedule": "triangle"})
+    launch(["train", str(path), "--run-dir", "single"], tmp_path)
 
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*RELAX, "train", "--nproc", "2", str(path), "--run-dir", "killed"], cwd=tmp_path,
@@ -102,5 +87,5 @@ def test_nproc_kill_minus_nine_and_resume(tmp_path: Path) -> None:
     proc.wait()
     assert not (tmp_path / "killed" / "summary.json").exists()
 
-    launch([*RELAX, "train", "--nproc", "2", "--resume", "killed"], tmp_path)
+    launch(["train", "--nproc", "2", "--resume", "killed"], tmp_path)
     assert_same_run(tmp_path / "single", tmp_path / "killed")
