@@ -27,11 +27,18 @@ __all__ = ["Branch", "DenseBranch", "VectorBranch"]
 
 
 class Branch(nn.Module):
-    """Base class: ``forward(x) = theta * apply(x)``, plus what the regulariser needs.
+    """Base class: ``forward(x) = theta * product(x)``, plus what the regulariser needs.
 
-    Subclasses implement :meth:`apply` (``W x`` on the native layout) and :meth:`rows` (the input as ``[R, dim_in]``).
-    The representation matrices of the site are kept as non-persistent buffers so they follow ``.to(device)``.
+    Subclasses implement :meth:`product` (``W x`` on the native layout) and :meth:`rows` (the input as
+    ``[R, dim_in]``). The representation matrices of the site are kept as non-persistent buffers so they follow
+    ``.to(device)``.
     """
+
+    theta: torch.Tensor  # a buffer, or a parameter once learnt (ACE's γ)
+    generators_in: torch.Tensor
+    generators_out: torch.Tensor
+    elements_in: torch.Tensor
+    elements_out: torch.Tensor
 
     def __init__(self, dim_in: int, dim_out: int, init_std: float = 1e-4,
                  rep_in: Rep | None = None, rep_out: Rep | None = None) -> None:
@@ -65,13 +72,15 @@ class Branch(nn.Module):
         """Make θ a learnable parameter (ACE's γ) starting at ``value``; the state_dict key stays ``theta``."""
         if not isinstance(self.theta, nn.Parameter):
             theta = self._buffers.pop("theta")
+            assert theta is not None
             self.theta = nn.Parameter(torch.full_like(theta, value))
+        assert isinstance(self.theta, nn.Parameter)
         return self.theta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.theta * self.apply(x)
+        return self.theta * self.product(x)
 
-    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:  # noqa: A003
+    def product(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``W x`` on the native layout; ``weight`` (same shape as ``W``) replaces ``W``, e.g. the op's own matrix
         plus ``θ W`` when an adapter fuses the op and its branch into one product."""
         raise NotImplementedError
@@ -93,7 +102,7 @@ def _pick(n: int, max_rows: int | None, device: torch.device) -> torch.Tensor | 
 class DenseBranch(Branch):
     """``W x`` on the last axis: ``F.linear(x, W)``."""
 
-    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:  # noqa: A003
+    def product(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         return nn.functional.linear(x, self.weight if weight is None else weight)
 
     def rows(self, x: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
@@ -131,7 +140,7 @@ class VectorBranch(Branch):
             self._equations[ndim] = eq
         return eq
 
-    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:  # noqa: A003
+    def product(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.weight if weight is None else weight
         if self._axes(x.dim()) == (1, 2) and x.is_contiguous():
             # [B, C, 3, ...] flattens to [B, 3C, points] with index c*3+i: one batched matmul, contiguous output

@@ -128,6 +128,8 @@ class RelaxedModel(nn.Module):
             replaces its op's ``forward`` on the instance (until :meth:`strip`) instead of adding a forward hook.
     """
 
+    _gm: fx.GraphModule | None  # set through __dict__: not a registered child
+
     def __init__(self, module: nn.Module, sites: list[Site], mode: Literal["fx", "hooks"],
                  graph: fx.Graph | None = None, fallback_reason: str | None = None) -> None:
         super().__init__()
@@ -169,40 +171,43 @@ class RelaxedModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._stripped:
             raise RuntimeError("this RelaxedModel was stripped; use the module strip() returned")
-        for b in self.branches.values():
+        for b in self._each_branch():
             b.captured.clear()
         if self._gm is not None:
             return self._gm(*args, **kwargs)
         return self.module(*args, **kwargs)
 
+    def _each_branch(self) -> list[Branch]:
+        return [s.branch for s in self.sites]
+
     # -- controls ------------------------------------------------------------------------------------------------
     def set_theta(self, theta: float) -> None:
         """Set θ of every branch."""
         with torch.no_grad():
-            for b in self.branches.values():
+            for b in self._each_branch():
                 b.theta.fill_(theta)
 
     @contextlib.contextmanager
     def projected(self) -> Iterator[RelaxedModel]:
         """Within the block the branches are off: the forward pass is exactly the user's model (θ = 0)."""
-        previous = [b.active for b in self.branches.values()]
-        for b in self.branches.values():
+        previous = [b.active for b in self._each_branch()]
+        for b in self._each_branch():
             b.active = False
         try:
             yield self
         finally:
-            for b, was in zip(self.branches.values(), previous):
+            for b, was in zip(self._each_branch(), previous):
                 b.active = was
 
     @contextlib.contextmanager
     def capturing(self) -> Iterator[RelaxedModel]:
         """Within the block the sites capture their inputs even in eval mode or under ``no_grad`` (for inspection)."""
-        for b in self.branches.values():
+        for b in self._each_branch():
             b.force_capture = True
         try:
             yield self
         finally:
-            for b in self.branches.values():
+            for b in self._each_branch():
                 b.force_capture = False
 
     def dry_run(self, *args: Any, **kwargs: Any) -> dict[str, int]:
@@ -239,7 +244,7 @@ def _attach(site: Site) -> Callable[[], Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
             return site.call(run_op, args, kwargs)
 
-        op.forward = forward  # type: ignore[method-assign]
+        op.forward = forward
         return lambda: op.__dict__.pop("forward", None)
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:

@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,27 +20,56 @@ from ..errors import EquivarianceError
 from .graph import RelaxedModel
 from .symmetry import EquivarianceReport, equivariance_error
 
-__all__ = ["project", "verify_equivariant"]
+__all__ = ["project", "verify_equivariant", "check_tolerance"]
 
 
 def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_in: Sequence[Any], irreps_out: Any,
                        tolerance: float = 1e-6, **kwargs: Any) -> EquivarianceReport:
     """Measure the relative equivariance error of ``model`` (in eval mode) and raise
-    :class:`~relaxcli.EquivarianceError` if it exceeds ``tolerance`` or is not finite."""
+    :class:`~relaxcli.EquivarianceError` if it exceeds ``tolerance``, is not finite, the model has non-finite weights,
+    or no group element was tried.
+
+    Raises:
+        ValueError: ``tolerance`` is not a positive finite number, or see :func:`equivariance_error`.
+    """
+    check_tolerance(tolerance)
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        listing = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise EquivarianceError(
+            f"the projected model cannot be verified: {len(bad)} weight tensor{'s' if len(bad) != 1 else ''} hold NaN "
+            f"or inf ({listing}). Training diverged or the checkpoint is damaged; use an earlier checkpoint, or "
+            "retrain with a lower learning rate.")
     was_training = model.training
     model.eval()
     try:
         report = equivariance_error(model, inputs, irreps_in, irreps_out, **kwargs)
     finally:
         model.train(was_training)
-    if not report.relative <= tolerance:  # NaN fails too
+    per_case = ", ".join(f"{k} {v:.2e}" for k, v in report.cases.items())
+    if report.tested() == 0:
+        raise EquivarianceError("the equivariance check tried no group element, so it verified nothing; give at "
+                                "least one trial per case")
+    if not report.finite():
+        raise EquivarianceError(
+            f"the projected model is not verified: its equivariance error is not finite (relative {report.relative}, "
+            f"absolute {report.absolute}; per case {per_case}), so its outputs hold NaN or inf on the check's inputs. "
+            "Check the model's weights and inputs (a diverged run, or a division by zero in the model).")
+    if not report.relative <= tolerance:
         raise EquivarianceError(
             f"the projected model is not equivariant: relative error {report.relative:.3e} exceeds the tolerance "
-            f"{tolerance:.1e} (absolute {report.absolute:.3e}; per case "
-            + ", ".join(f"{k} {v:.2e}" for k, v in report.cases.items())
-            + "). Check the symmetry spec of the inputs and output, or raise the tolerance."
+            f"{tolerance:.1e} (absolute {report.absolute:.3e}; per case {per_case}; tested {report.describe()}). "
+            "Check the symmetry spec of the inputs and output, or raise the tolerance."
         )
     return report
+
+
+def check_tolerance(tolerance: Any) -> None:
+    """Raise ``ValueError`` unless ``tolerance`` is a positive finite number (a NaN or inf tolerance passes all)."""
+    if (isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not math.isfinite(tolerance)
+            or tolerance <= 0):
+        raise ValueError(f"tolerance must be a positive finite number (the largest relative equivariance error "
+                         f"accepted, e.g. 1e-5), got {tolerance!r}")
 
 
 def project(relaxed: RelaxedModel, *, inputs: Sequence[torch.Tensor] | None = None,

@@ -21,11 +21,14 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from .branches import Branch
+
+if TYPE_CHECKING:
+    from .graph import RelaxedModel
 
 __all__ = ["constraint_matrices", "site_terms", "SiteTerms", "Regularization", "Regularizer"]
 
@@ -174,10 +177,10 @@ class Regularizer:
             raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
         self.weight, self.source, self.rows = weight, source, rows
         self.use = {"projection": projection, "lie": lie, "discrete": discrete}
-        self._groups_of: weakref.WeakKeyDictionary[torch.nn.Module, list[list[Any]]] = weakref.WeakKeyDictionary()
+        self._groups_of: weakref.WeakKeyDictionary[RelaxedModel, list[list[Any]]] = weakref.WeakKeyDictionary()
         self._commutators: weakref.WeakKeyDictionary[Branch, _Commutator] = weakref.WeakKeyDictionary()
 
-    def __call__(self, relaxed: torch.nn.Module) -> Regularization:
+    def __call__(self, relaxed: RelaxedModel) -> Regularization:
         """Evaluate on ``relaxed`` (a :class:`relaxcli.RelaxedModel`) and release the captured inputs."""
         results: list[tuple[list[Any], torch.Tensor]] = []
         parts: list[torch.Tensor] = []
@@ -202,7 +205,7 @@ class Regularizer:
         total = torch.stack(parts).sum() if parts else torch.zeros(())
         return Regularization(self.weight * total, results)
 
-    def _groups(self, relaxed: torch.nn.Module) -> list[list[Any]]:
+    def _groups(self, relaxed: RelaxedModel) -> list[list[Any]]:
         """Sites whose branches share shape and representations (computed once per relaxed model)."""
         groups = self._groups_of.get(relaxed)
         if groups is None:

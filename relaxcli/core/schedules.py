@@ -25,9 +25,12 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from .graph import RelaxedModel
 
 __all__ = ["Schedule", "ThetaSchedule", "Triangle", "Constant", "LinearDecay", "CosineDecay", "Ace", "AceElastic",
            "SCHEDULES", "make_schedule"]
@@ -42,7 +45,7 @@ class Schedule:
     """
 
     keeps_relaxation = False  # True: the relaxed model itself is a result (ace_elastic), not only its projection
-    recipe_keys: tuple[str, ...] = ()
+    recipe_keys: ClassVar[tuple[str, ...]] = ()
     lr: float | None = None  # optimiser lr of the schedule's own variables (None: the model's)
 
     @classmethod
@@ -55,19 +58,19 @@ class Schedule:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.total_steps = total_steps
 
-    def attach(self, relaxed: torch.nn.Module) -> list[torch.Tensor]:
+    def attach(self, relaxed: RelaxedModel) -> list[torch.Tensor]:
         """Called once, after the model is on its device and before the optimiser is built; returns the schedule's
         own learnable variables (none for hand schedules), which the trainer optimises without weight decay."""
         return []
 
-    def before_step(self, relaxed: torch.nn.Module, step: int) -> None:
+    def before_step(self, relaxed: RelaxedModel, step: int) -> None:
         """Called before the forward pass of ``step`` (0-based)."""
 
-    def penalty(self, relaxed: torch.nn.Module) -> torch.Tensor | None:
+    def penalty(self, relaxed: RelaxedModel) -> torch.Tensor | None:
         """Extra loss terms of the schedule itself (None for hand schedules)."""
         return None
 
-    def after_step(self, relaxed: torch.nn.Module, step: int) -> None:
+    def after_step(self, relaxed: RelaxedModel, step: int) -> None:
         """Called after the optimiser step of ``step``."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -76,12 +79,12 @@ class Schedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    def site_state(self, relaxed: torch.nn.Module) -> dict[str, dict[str, float]]:
+    def site_state(self, relaxed: RelaxedModel) -> dict[str, dict[str, float]]:
         """Per site path, the schedule's own learnt numbers to log and plot (ACE: γ, λ, u); none for a hand
         schedule, whose θ is the same at every site."""
         return {}
 
-    def summary(self, relaxed: torch.nn.Module) -> dict[str, float]:
+    def summary(self, relaxed: RelaxedModel) -> dict[str, float]:
         """A few numbers for the progress line: the mean branch scale (``θ``, or ``γ`` for a learnt schedule) and
         the mean of each of the schedule's own per-site numbers."""
         thetas = [float(s.branch.theta.detach()) for s in relaxed.sites]
@@ -96,7 +99,7 @@ class Schedule:
 class ThetaSchedule(Schedule):
     """A schedule that sets one θ for all branches from the step number (see the module docstring)."""
 
-    recipe_keys = ("max", "granularity", "end")
+    recipe_keys: ClassVar[tuple[str, ...]] = ("max", "granularity", "end")
 
     @classmethod
     def from_recipe(cls, options: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Schedule:
@@ -132,7 +135,7 @@ class ThetaSchedule(Schedule):
     def theta(self, step: int) -> float:
         return self.theta_max * self.shape(self.progress(step))
 
-    def before_step(self, relaxed: torch.nn.Module, step: int) -> None:
+    def before_step(self, relaxed: RelaxedModel, step: int) -> None:
         relaxed.set_theta(self.theta(step))
 
 
@@ -189,7 +192,7 @@ class Ace(Schedule):
         >>> loss = task + ace.penalty(relaxed); loss.backward(); opt.step(); ace.after_step(relaxed, step)
     """
 
-    recipe_keys = ("dual_lr", "gamma_init", "gamma_lr")
+    recipe_keys: ClassVar[tuple[str, ...]] = ("dual_lr", "gamma_init", "gamma_lr")
 
     def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0,
                  gamma_lr: float | None = None) -> None:
@@ -200,24 +203,24 @@ class Ace(Schedule):
         self.paths: list[str] = []
         self.lam = torch.zeros(0)
 
-    def attach(self, relaxed: torch.nn.Module) -> list[torch.Tensor]:
+    def attach(self, relaxed: RelaxedModel) -> list[torch.Tensor]:
         self.paths = [s.path for s in relaxed.sites]
-        gammas = [s.branch.learn_theta(self.gamma_init) for s in relaxed.sites]
+        gammas: list[torch.Tensor] = [s.branch.learn_theta(self.gamma_init) for s in relaxed.sites]
         self.lam = torch.zeros(len(gammas), device=gammas[0].device if gammas else None)
         return gammas
 
     @staticmethod
-    def gammas(relaxed: torch.nn.Module) -> torch.Tensor:
+    def gammas(relaxed: RelaxedModel) -> torch.Tensor:
         return torch.stack([s.branch.theta for s in relaxed.sites])
 
     def constraint(self, gamma: torch.Tensor) -> torch.Tensor:
         """The constraint value per site; the constraint is ``= 0`` here and ``<= 0`` for the elastic variant."""
         return gamma
 
-    def penalty(self, relaxed: torch.nn.Module) -> torch.Tensor:
+    def penalty(self, relaxed: RelaxedModel) -> torch.Tensor:
         return (self.lam * self.constraint(self.gammas(relaxed))).sum()
 
-    def after_step(self, relaxed: torch.nn.Module, step: int) -> None:
+    def after_step(self, relaxed: RelaxedModel, step: int) -> None:
         with torch.no_grad():
             self.lam += self.dual_lr * self.constraint(self.gammas(relaxed))
 
@@ -227,7 +230,7 @@ class Ace(Schedule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam.copy_(state["lam"])
 
-    def site_state(self, relaxed: torch.nn.Module) -> dict[str, dict[str, float]]:
+    def site_state(self, relaxed: RelaxedModel) -> dict[str, dict[str, float]]:
         gamma, lam = self.gammas(relaxed).detach().tolist(), self.lam.tolist()
         return {p: {"gamma": g, "lambda": m} for p, g, m in zip(self.paths, gamma, lam)}
 
@@ -256,7 +259,7 @@ class AceElastic(Ace):
         self.rho = float(rho)
         self.u = torch.nn.Parameter(torch.zeros(0))
 
-    def attach(self, relaxed: torch.nn.Module) -> list[torch.Tensor]:
+    def attach(self, relaxed: RelaxedModel) -> list[torch.Tensor]:
         gammas = super().attach(relaxed)
         self.u = torch.nn.Parameter(torch.zeros_like(self.lam))
         return gammas + [self.u]
@@ -264,10 +267,10 @@ class AceElastic(Ace):
     def constraint(self, gamma: torch.Tensor) -> torch.Tensor:
         return gamma.abs() - self.u
 
-    def penalty(self, relaxed: torch.nn.Module) -> torch.Tensor:
+    def penalty(self, relaxed: RelaxedModel) -> torch.Tensor:
         return super().penalty(relaxed) + 0.5 * self.rho * (self.u**2).sum()
 
-    def after_step(self, relaxed: torch.nn.Module, step: int) -> None:
+    def after_step(self, relaxed: RelaxedModel, step: int) -> None:
         with torch.no_grad():
             self.u.clamp_(min=0.0)
             self.lam = (self.lam + self.dual_lr * self.constraint(self.gammas(relaxed))).clamp_(min=0.0)
@@ -280,7 +283,7 @@ class AceElastic(Ace):
         with torch.no_grad():
             self.u.copy_(state["u"])
 
-    def site_state(self, relaxed: torch.nn.Module) -> dict[str, dict[str, float]]:
+    def site_state(self, relaxed: RelaxedModel) -> dict[str, dict[str, float]]:
         out = super().site_state(relaxed)
         for p, u in zip(self.paths, self.u.tolist()):
             out[p]["u"] = u

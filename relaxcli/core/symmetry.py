@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,12 +47,37 @@ def transform(x: torch.Tensor, spec: Any, rotation: torch.Tensor, translation: t
 class EquivarianceReport:
     """Largest errors over the trials: ``absolute = max|f(g·x) − g·f(x)|``, ``relative = absolute / max|g·f(x)|``.
 
-    ``cases`` holds the absolute error per case (``"rotation"``, ``"parity"``, ``"+translation"`` suffixes).
+    ``cases`` holds the absolute error per case (``"rotation"``, ``"parity"``, ``"+translation"`` suffixes, or one
+    case per element of a finite escnn group) and ``elements`` how many group elements each case tried. A non-finite
+    output or error makes ``absolute`` and ``relative`` NaN (or inf), never a pass. ``samples`` is the number of
+    samples checked, where the caller knows it (``relax project``, ``relax inspect``).
     """
 
     absolute: float
     relative: float
     cases: dict[str, float] = field(default_factory=dict)
+    elements: dict[str, int] = field(default_factory=dict)
+    samples: int | None = None
+
+    def tested(self) -> int:
+        """The number of group elements tried, over all cases."""
+        return sum(self.elements.values())
+
+    def finite(self) -> bool:
+        """Whether both errors are finite numbers (a NaN or inf output or error is not)."""
+        return math.isfinite(self.absolute) and math.isfinite(self.relative)
+
+    def describe(self) -> str:
+        """Which cases were tested and on how much: ``"rotation ×3, parity ×3 (6 group elements, 16 samples)"``."""
+        if self.elements and all(n == 1 for n in self.elements.values()):
+            listing = ", ".join(self.elements)  # a finite group: one case per element
+        else:
+            listing = ", ".join(f"{name} ×{n}" for name, n in self.elements.items())
+        total = self.tested()
+        size = f"{total} group element{'s' if total != 1 else ''}"
+        if self.samples is not None:
+            size += f", {self.samples} sample{'s' if self.samples != 1 else ''}"
+        return f"{listing or 'nothing'} ({size})"
 
 
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
@@ -63,28 +90,38 @@ def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor]
     """Measure how far ``func`` is from equivariance under random O(3) elements (and translations), or under every
     element of a finite escnn group when the specs are escnn ``FieldType``s.
 
+    Every case the group has is tested: rotations; parity (O(3)) where a spec has odd irreps or
+    ``"cartesian_points"`` (elsewhere parity acts as the identity); translation where an input is
+    ``"cartesian_points"``. ``do_parity`` and ``do_translation`` describe the group, they do not skip its cases.
+
     Args:
         func: the model or function; called as ``func(*args)``.
-        args_in: example inputs.
+        args_in: example inputs (at least one sample).
         irreps_in: one spec per input (Irreps string, ``"cartesian_points"``, an escnn ``FieldType`` or None).
         irreps_out: the spec of the output, or a list of specs for a tuple output.
-        ntrials: random group elements per case.
-        do_parity: also test improper rotations (O(3)); turn off for SO(3)-only models.
-        do_translation: also translate ``"cartesian_points"`` inputs (and outputs).
+        ntrials: random group elements per case, at least 1.
+        do_parity: the group has improper rotations (O(3)); False for SO(3)-only models.
+        do_translation: the group translates ``"cartesian_points"`` inputs (and outputs).
+
+    Raises:
+        ValueError: ``ntrials`` is not a positive integer, an input or the output is empty (no samples), or the
+            number of outputs and output specs differ.
     """
+    _check_trials(ntrials)
     args_in = tuple(args_in)
     specs_in = list(irreps_in)
     if len(specs_in) != len(args_in):
         raise ValueError(f"{len(args_in)} inputs but {len(specs_in)} input specs")
     specs_out = list(irreps_out) if isinstance(irreps_out, (list, tuple)) else [irreps_out]
+    _check_samples(args_in, specs_in)
     if any(hasattr(s, "gspace") for s in specs_in + specs_out):
         return _escnn_equivariance_error(func, args_in, specs_in, specs_out)
     translate_cases = [False, True] if do_translation and "cartesian_points" in specs_in else [False]
-    parities = [1.0, -1.0] if do_parity else [1.0]
+    parities = [1.0, -1.0] if do_parity and any(_parity_acts(s) for s in specs_in + specs_out) else [1.0]
     with torch.no_grad():
         ref = _as_tuple(func(*args_in))
-    cases: dict[str, float] = {}
-    worst_abs, worst_rel = 0.0, 0.0
+    _check_outputs(ref, specs_out)
+    acc = _Accumulator()
     for parity in parities:
         for translate in translate_cases:
             name = ("parity" if parity < 0 else "rotation") + ("+translation" if translate else "")
@@ -98,14 +135,68 @@ def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor]
                 )
                 with torch.no_grad():
                     out_g = _as_tuple(func(*args_g))
-                for y_g, y, s in zip(out_g, ref, specs_out):
-                    expected = transform(y, s, rot, shift)
-                    err = float((y_g.to(torch.float64) - expected).abs().max())
-                    scale = float(expected.abs().max())
-                    cases[name] = max(cases.get(name, 0.0), err)
-                    worst_abs = max(worst_abs, err)
-                    worst_rel = max(worst_rel, err / scale if scale > 0 else err)
-    return EquivarianceReport(worst_abs, worst_rel, cases)
+                acc.add(name, out_g, [transform(y, s, rot, shift) for y, s in zip(ref, specs_out)])
+    return acc.report()
+
+
+def _check_trials(ntrials: Any) -> None:
+    if isinstance(ntrials, bool) or not isinstance(ntrials, numbers.Integral) or ntrials < 1:
+        raise ValueError(f"ntrials must be a positive integer (random group elements per case, e.g. 3), got "
+                         f"{ntrials!r}: a check that tries no group element tests nothing")
+
+
+def _check_samples(args_in: tuple[Any, ...], specs_in: list[Any]) -> None:
+    for i, (a, s) in enumerate(zip(args_in, specs_in)):
+        if s is not None and torch.is_tensor(a) and a.numel() == 0:
+            raise ValueError(f"input {i} ({s}) has no samples (shape {tuple(a.shape)}); an equivariance check needs "
+                             "at least one sample")
+
+
+def _check_outputs(out: tuple[Any, ...], specs_out: list[Any]) -> None:
+    if len(out) != len(specs_out):
+        raise ValueError(f"the function returned {len(out)} outputs but {len(specs_out)} output specs were given; "
+                         "give one spec per output")
+    for i, y in enumerate(out):
+        if y.numel() == 0:
+            raise ValueError(f"output {i} is empty (shape {tuple(y.shape)}): the check compared nothing; give inputs "
+                             "with at least one sample")
+
+
+def _parity_acts(spec: Any) -> bool:
+    """Whether parity acts on a feature of this spec (odd irreps, or points); even irreps and None are fixed."""
+    if spec is None:
+        return False
+    if spec == "cartesian_points":
+        return True
+    return any(ir.p == -1 for _, ir in o3.Irreps(spec))
+
+
+def _worse(a: float, b: float) -> float:
+    """The larger error; NaN when either is NaN (the builtin ``max`` would drop a NaN)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+class _Accumulator:
+    """Largest absolute and relative errors per case and overall, with NaN kept, and the elements per case."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, float] = {}
+        self.elements: dict[str, int] = {}
+        self.absolute, self.relative = 0.0, 0.0
+
+    def add(self, case: str, got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> None:
+        """One group element: each output ``got`` against ``expected`` (float64)."""
+        self.elements[case] = self.elements.get(case, 0) + 1
+        for y_g, want in zip(got, expected):
+            err = float((y_g.to(torch.float64) - want).abs().max())
+            scale = float(want.abs().max())
+            rel = err / scale if scale > 0 else err  # a NaN scale gives a NaN relative error
+            self.cases[case] = _worse(self.cases.get(case, 0.0), err)
+            self.absolute = _worse(self.absolute, err)
+            self.relative = _worse(self.relative, rel)
+
+    def report(self) -> EquivarianceReport:
+        return EquivarianceReport(self.absolute, self.relative, self.cases, self.elements)
 
 
 def _plain(out: Any) -> tuple[torch.Tensor, ...]:
@@ -125,21 +216,16 @@ def _escnn_equivariance_error(func: Callable[..., Any], args_in: tuple[Any, ...]
         raise ValueError(f"whole-model checks need a finite escnn group, got {group}")
     with torch.no_grad():
         ref = _plain(func(*args_in))
-    cases: dict[str, float] = {}
-    worst_abs, worst_rel = 0.0, 0.0
+    _check_outputs(ref, specs_out)
+    acc = _Accumulator()
     for g in group.elements:
         args_g = tuple(transform_field(a, s, g).to(a.dtype) if s is not None else a
                        for a, s in zip(args_in, specs_in))
         with torch.no_grad():
             out_g = _plain(func(*args_g))
-        for y_g, y, s in zip(out_g, ref, specs_out):
-            expected = transform_field(y, s, g) if s is not None else y.to(torch.float64)
-            err = float((y_g.to(torch.float64) - expected).abs().max())
-            scale = float(expected.abs().max())
-            cases[str(g)] = max(cases.get(str(g), 0.0), err)
-            worst_abs = max(worst_abs, err)
-            worst_rel = max(worst_rel, err / scale if scale > 0 else err)
-    return EquivarianceReport(worst_abs, worst_rel, cases)
+        acc.add(str(g), out_g, [transform_field(y, s, g) if s is not None else y.to(torch.float64)
+                                for y, s in zip(ref, specs_out)])
+    return acc.report()
 
 
 def _rand_rotation(generator: torch.Generator) -> torch.Tensor:

@@ -74,7 +74,7 @@ class IrrepsAdapter(ClassAdapter):
         return {"action": self.action, "irreps_in": str(irreps_in), "irreps_out": str(irreps_out)}
 
     def fits_feature(self, module: nn.Module, x: torch.Tensor) -> bool:
-        return x.dim() >= 1 and x.shape[-1] == self.irreps(module)[0].dim
+        return x.dim() >= 1 and int(x.shape[-1]) == int(self.irreps(module)[0].dim)
 
 
 class IrrepsLinearAdapter(IrrepsAdapter):
@@ -103,4 +103,5 @@ class TensorProductAdapter(IrrepsAdapter):
         self.name = "e3nn.o3.TensorProduct"
 
     def matches(self, module: nn.Module) -> bool:
-        return super().matches(module) and bool(module.internal_weights) and module.weight_numel > 0
+        return (super().matches(module) and bool(getattr(module, "internal_weights", False))
+                and int(getattr(module, "weight_numel", 0)) > 0)

@@ -94,8 +94,8 @@ def load_program(path: str) -> nn.Module:
     """
     program, sites = _load(path)
     module = torch.export.unflatten(program)
-    module.relax_program = {"path": str(path), "sites": sites}
-    module.relax_adapters = lambda: program_adapters(module)  # what relaxcli.relax attaches the branches with
+    vars(module).update(relax_program={"path": str(path), "sites": sites},
+                        relax_adapters=lambda: program_adapters(module))  # what relaxcli.relax attaches with
     return module
 
 

@@ -86,7 +86,7 @@ class ConvBranch(Branch):
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.pad(x, (pw, pw, ph, ph), mode=mode)
 
-    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None,  # noqa: A003
+    def product(self, x: torch.Tensor, weight: torch.Tensor | None = None,
               bias: torch.Tensor | None = None) -> torch.Tensor:
         w = (self.weight if weight is None else weight).view(self.c_out, self.c_in, *self.kernel_size)
         if self.padding_mode == "zeros":
@@ -166,7 +166,7 @@ class _GeometricTensorOp(ClassAdapter):
     """escnn layers take and return ``GeometricTensor``s: the branch reads ``.tensor`` and the result is rebuilt."""
 
     def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        x = super().feature(args, kwargs)
+        x: Any = super().feature(args, kwargs)
         return x.tensor if is_geometric_tensor(x) else x
 
     def add(self, output: Any, branch_output: torch.Tensor) -> Any:
@@ -181,7 +181,7 @@ class EscnnConvAdapter(_GeometricTensorOp):
     def __init__(self) -> None:
         super().__init__(R2CONV)
 
-    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+    def make_branch(self, module: Any, init_std: float) -> Branch:  # an escnn R2Conv (untyped)
         in_type, out_type = module.in_type, module.out_type
         if int(getattr(module, "groups", 1)) != 1:
             raise TypeError(f"{self.name}: grouped escnn convolutions (groups={module.groups}) are not supported")
@@ -197,14 +197,14 @@ class EscnnConvAdapter(_GeometricTensorOp):
     def can_fuse(self, module: nn.Module) -> bool:
         return getattr(type(module).forward, "__qualname__", "") == "R2Conv.forward"  # escnn's own forward
 
-    def fused(self, module: nn.Module, branch: Branch, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def fused(self, module: Any, branch: Branch, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # R2Conv.forward with the expanded filter plus θ W: one convolution instead of two
         x = args[0] if args else next(iter(kwargs.values()))
         if x.type != module.in_type:
             raise TypeError(f"{self.name}: input field type {x.type} is not the layer's in_type {module.in_type}")
         filt, bias = module.expand_parameters() if module.training else (module.filter, module.expanded_bias)
         assert isinstance(branch, ConvBranch)
-        out = branch.apply(x.tensor, filt.reshape(branch.weight.shape) + branch.theta * branch.weight, bias)
+        out = branch.product(x.tensor, filt.reshape(branch.weight.shape) + branch.theta * branch.weight, bias)
         return import_escnn().nn.GeometricTensor(out, module.out_type, coords=None)
 
 
@@ -215,7 +215,7 @@ class EscnnLinearAdapter(_GeometricTensorOp):
     def __init__(self) -> None:
         super().__init__(LINEAR)
 
-    def make_branch(self, module: nn.Module, init_std: float) -> Branch:
+    def make_branch(self, module: Any, init_std: float) -> Branch:  # an escnn Linear (untyped)
         rep_in, rep_out = field_rep(module.in_type), field_rep(module.out_type)
         return DenseBranch(rep_in.dim, rep_out.dim, init_std, rep_in, rep_out)
 

@@ -76,8 +76,10 @@ class VectorNeuronAdapter(ClassAdapter):
 
     def fused(self, module: nn.Module, branch: Branch, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # VNLinear's W acts on channels and leaves the 3-axis alone: kron(W, I_3) in the branch's index c*3+i
-        eye = torch.eye(3, dtype=module.weight.dtype, device=module.weight.device)
-        return branch.apply(self.feature(args, kwargs), torch.kron(module.weight, eye) + branch.theta * branch.weight)
+        weight = module.weight
+        assert isinstance(weight, torch.Tensor)
+        eye = torch.eye(3, dtype=weight.dtype, device=weight.device)
+        return branch.product(self.feature(args, kwargs), torch.kron(weight, eye) + branch.theta * branch.weight)
 
     def record(self, module: nn.Module) -> dict[str, Any]:
         c_in, c_out = self.channels(module)

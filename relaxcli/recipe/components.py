@@ -147,7 +147,7 @@ def convert_component(value: Any, path: KeyPath, ctx: Problems) -> Any:
             check_signature(obj, target, kwargs, path, ctx)
     if ctx.count() != before:
         return INVALID
-    return ComponentSpec(target=canonical(target), kwargs=kwargs, weights=weights, section=section)
+    return ComponentSpec(target=canonical(str(target)), kwargs=kwargs, weights=weights, section=section)
 
 
 def check_signature(obj: Any, target: str, kwargs: dict[str, Any], path: KeyPath, ctx: Problems) -> None:

@@ -125,7 +125,7 @@ def _convert(value: Any, tp: Any, path: KeyPath, ctx: Problems, expected: str | 
         return convert_component(value, path, ctx)
 
     if is_dataclass(tp):
-        return _convert_dataclass(value, tp, path, ctx)
+        return _convert_dataclass(value, typing.cast(type, tp), path, ctx)
 
     if not _scalar_ok(value, tp):
         quoted = tp is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off")

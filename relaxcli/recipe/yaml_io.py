@@ -26,7 +26,7 @@ _FLOAT_RE = re.compile(
 )
 
 
-def _with_float_resolver(cls: type) -> type:
+def _with_float_resolver(cls: Any) -> Any:
     cls.yaml_implicit_resolvers = {
         ch: [(tag, rx) for tag, rx in resolvers if tag != _FLOAT]
         for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,4 +42,5 @@ def read_npz(path: Path, meta: str, keys: tuple[str, ...]) -> dict[str, np.ndarr
 def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: str, keys: tuple[str, ...]) -> None:
     """Write ``arrays[keys]`` (plus ``meta``) atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, meta=np.array(meta), **{key: arrays[key] for key in keys})
+        payload: dict[str, Any] = {"meta": np.array(meta), **{key: arrays[key] for key in keys}}
+        np.savez(fh, **payload)

@@ -157,7 +157,7 @@ def simulate_charged_nbody(
     q = np.ascontiguousarray(charges.T, dtype=dtype)  # [N, T]
     pairs = np.triu_indices(N, k=1)
     qq = q[pairs[0]] * q[pairs[1]]  # [P, T]
-    dt = dtype.type(DT)
+    dt = np.array(DT, dtype=dtype)[()]
     field_value = float(field)
 
     step_in, step_out = SAMPLE_FREQ * (frame_in + 1), SAMPLE_FREQ * (frame_out + 1)

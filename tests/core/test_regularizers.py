@@ -91,7 +91,7 @@ def test_vector_neuron_constraints() -> None:
         branch.weight.copy_(torch.kron(layer.weight, torch.eye(3, dtype=torch.float64)))
     x = torch.randn(2, 4, 3, 50, dtype=torch.float64)
     # The branch on its native layout is the dense matrix on flattened c*3+i rows ...
-    assert torch.allclose(branch.apply(x), layer(x), atol=1e-12)
+    assert torch.allclose(branch.product(x), layer(x), atol=1e-12)
     # ... with rows flattened as c*3+i per point.
     out_rows = layer(x).permute(0, 3, 1, 2).reshape(-1, 18)
     assert torch.allclose(branch.rows(x) @ branch.weight.T, out_rows, atol=1e-12)
@@ -110,7 +110,7 @@ def test_vector_branch_on_other_axes_matches_moving_axes() -> None:
     branch = VectorBranch(3, 5, init_std=1.0, channel_axis=-1, vector_axis=-2).double()
     x = torch.randn(7, 11, 3, 3, dtype=torch.float64)  # [B, N, 3, C]
     expected = (x.transpose(-1, -2).reshape(7, 11, 9) @ branch.weight.T).reshape(7, 11, 5, 3).transpose(-1, -2)
-    assert torch.allclose(branch.apply(x), expected, atol=1e-12)
+    assert torch.allclose(branch.product(x), expected, atol=1e-12)
     rows = branch.rows(x, max_rows=20)
     assert rows.shape == (20, 9)
 
