@@ -12,13 +12,11 @@ Example:
 from __future__ import annotations
 
 import functools
-import json
+import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 from importlib import resources
 from pathlib import Path
@@ -30,9 +28,10 @@ from rich.table import Table
 
 from .errors import RelaxError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Constraint relaxation for equivariant networks: train relaxed, project back, inspect.")
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # tables stay whole in files and pipes
+# tables fit the terminal (or $COLUMNS), and stay whole in files and pipes
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err = Console(stderr=True, soft_wrap=True)
 _debug = False  # set by main() when --debug is on the command line
 _argv: list[str] = []  # the command line as main() got it (for `train --nproc`, which re-launches it)
@@ -76,8 +75,8 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:  # an error in user code or a bug: one paragraph, the traceback only with --debug
             if _debug:
                 traceback.print_exc()
-            err.print(f"{_rank_prefix()}error: {type(e).__name__}: {e}\n(re-run with --debug for the traceback)",
-                      highlight=False, markup=False)
+            hint = "" if _debug else "\n(re-run with --debug for the traceback)"
+            err.print(f"{_rank_prefix()}error: {type(e).__name__}: {e}{hint}", highlight=False, markup=False)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -94,21 +93,13 @@ def _fmt(x: float | None) -> str:
 
 
 # -- train -------------------------------------------------------------------------------------------------------
-def _new_run_dir(root: Path, name: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = root / f"{name}-{stamp}"
-    k = 1
-    while run_dir.exists():
-        run_dir = root / f"{name}-{stamp}-{k}"
-        k += 1
-    return run_dir
-
-
-@app.command()
+@app.command(short_help="Train a recipe (relaxed, or its standard twin).")
 @_user_errors
 def train(
-    recipe: Annotated[Optional[Path], typer.Argument(help="The recipe YAML (not needed with --resume).")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE overrides, e.g. trainer.epochs=5.")] = None,
+    recipe: Annotated[Optional[Path], typer.Argument(help="The recipe YAML (not needed with --resume).",
+                                                     metavar="RECIPE")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE overrides, e.g. trainer.epochs=5.",
+                                                             metavar="KEY=VALUE")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>-<time>).")] = None,
     runs_root: Annotated[Path, typer.Option(help="Where new run directories go.")] = Path("runs"),
@@ -117,14 +108,19 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build, relax, run one step, show the sites, exit.")]
     = False,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress",
-                                                     help="Live progress on stderr (default: on a terminal).")] = None,
+                                                     help="Progress on stderr: a live bar on a terminal, log lines "
+                                                          "elsewhere (default); --no-progress: none.")] = None,
     nproc: Annotated[int, typer.Option(help="Train data-parallel in this many processes on this machine (launches "
                                             "torchrun; one GPU each on CUDA).", min=1)] = 1,
+    trust_recipe: Annotated[bool, typer.Option("--trust-recipe", help="With --resume: trust the run directory's "
+                                               "recipe.yaml, which may then name components off relax's allowlist "
+                                               "(your own model class). See 'Security' in the README.")] = False,
 ) -> None:
     """Train the recipe's model (relaxed unless relax.enabled is false); validation reports the projected model."""
     from .recipe import dump_recipe, load_recipe
+    from .run import rundir
     from .run.distributed import init_from_env
-    from .run.trainer import Trainer
+    from .run.trainer import Trainer, check_checkpoints
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(nproc)
@@ -132,14 +128,16 @@ def train(
         if recipe is not None or overrides:
             raise RelaxError("--resume continues a run exactly as it was recorded: give only the run directory, "
                              f"e.g. 'relax train --resume {resume}' (no recipe, no overrides)")
-        if not (resume / "recipe.yaml").is_file():
-            raise RelaxError(f"{resume} is not a run directory: it has no recipe.yaml")
-        rec = load_recipe(resume / "recipe.yaml")
+        rundir.check_resumable(resume)
+        rec = load_recipe(resume / "recipe.yaml", trust=trust_recipe)  # a file, read as data unless trusted
+        check_checkpoints(resume, rec)  # a damaged checkpoint is refused before the run directory is touched
         dist = init_from_env(rec.trainer.device)
-        trainer = Trainer(rec, resume, resume=True, progress=progress)
-        if dist.is_main:
-            err.print(f"resuming {resume} at epoch {trainer.epoch}, step {trainer.step}", highlight=False)
-        _finish(_announce(trainer))
+        held, _ = _claim_run_dir(dist, lambda: rundir.reopen(resume))
+        with held:  # the run directory's lock, until the summary is written
+            trainer = Trainer(rec, resume, resume=True, progress=progress)
+            if dist.is_main:
+                err.print(f"resuming {resume} at epoch {trainer.epoch}, step {trainer.step}", highlight=False)
+            _finish(_announce(trainer))
         return
     if recipe is None:
         raise RelaxError("give a recipe, e.g. 'relax train recipes/nbody_relaxed.yaml' (see 'relax recipes'), or "
@@ -152,29 +150,34 @@ def train(
         _dry_run(rec)
         return
     dist = init_from_env(rec.trainer.device)
-    if dist.is_main:  # rank 0 prepares the run directory; under torchrun the others learn its name from rank 0
-        run_dir = _prepare_run_dir(run_dir, runs_root, rec.name, overwrite)
-        err.print(f"run directory: {run_dir}", highlight=False)
-    run_dir = dist.broadcast(run_dir)
-    _finish(_announce(Trainer(rec, run_dir, progress=progress)))
+    inputs = rundir.recipe_inputs(recipe, rec.to_dict())
+    held, run_dir = _claim_run_dir(dist, lambda: rundir.prepare(run_dir, runs_root, rec.name, overwrite, inputs))
+    with held:  # the run directory's lock, until the summary is written
+        if dist.is_main:
+            err.print(f"run directory: {run_dir}", highlight=False)
+        _finish(_announce(Trainer(rec, run_dir, progress=progress)))
 
 
-def _prepare_run_dir(run_dir: Path | None, runs_root: Path, name: str, overwrite: bool) -> Path:
-    """A new, empty run directory: ``run_dir`` if given (emptied with ``overwrite``), else a fresh name."""
-    if run_dir is None:
-        run_dir = _new_run_dir(runs_root, name)
-    elif run_dir.is_file():
-        raise RelaxError(f"--run-dir {run_dir} is a file; give a directory")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RelaxError(f"run directory {run_dir} exists and is not empty; choose another --run-dir, or pass "
-                             "--overwrite to replace it")
-        if not (run_dir / "recipe.yaml").is_file():
-            raise RelaxError(f"refusing to delete {run_dir} for --overwrite: it is not a relax run directory (it has "
-                             "no recipe.yaml); choose another --run-dir")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+def _claim_run_dir(dist: Any, claim: Callable[[], Any]) -> tuple[Any, Path]:
+    """Rank 0 claims the run directory (``claim()``: marker and lock, see :mod:`relaxcli.run.rundir`); under
+    torchrun the other processes learn its path from rank 0, or stop (exit 1) when rank 0 could not claim it.
+    Returns what to hold for the whole run (a context manager) and the path."""
+    import contextlib
+
+    held, problem = None, None
+    if dist.is_main:
+        try:
+            held = claim()
+        except RelaxError as e:
+            if not dist.enabled:
+                raise
+            problem = e
+    path, failed = dist.broadcast((None if held is None else held.path, problem is not None))
+    if problem is not None:
+        raise problem
+    if failed:
+        raise typer.Exit(1)  # rank 0 says why
+    return (held if held is not None else contextlib.nullcontext()), path
 
 
 def _launch_torchrun(nproc: int) -> None:
@@ -265,32 +268,74 @@ def _dry_run(rec: Any) -> None:
 
 
 def _site_table(rows: list[Any]) -> None:
+    """The relaxed sites as a table; where the terminal is too narrow for it, one block per site, so that paths and
+    numbers are never cut."""
     from .run.runlog import symbol
 
     learnt = list(dict.fromkeys(k for r in rows for k in r.schedule))  # a learnt schedule's own numbers (ACE: λ, u)
-    table = Table(title="relaxed sites")
-    columns = ["site", "op", "in", "out", "γ" if learnt else "θ", *map(symbol, learnt), "‖B‖", "proj. norm", "Lie deriv.",
-               "discrete", "calls"]
-    for col in columns:
-        table.add_column(col, justify="right" if col not in ("site", "op", "in", "out") else "left")
+    numbers = ["γ" if learnt else "θ", *map(symbol, learnt), "‖B‖", "‖Bx‖", "Lie", "discrete"]
+    table = Table(title="relaxed sites (‖Bx‖, Lie, discrete: on validation inputs)")
+    table.add_column("site", no_wrap=True)
+    ops = [r.op.rsplit(".", 1)[-1] for r in rows]
+    table.add_column("op", no_wrap=True, min_width=max(map(len, ops), default=2))
+    table.add_column("in → out", overflow="fold", min_width=16)
+    for col in [*numbers, "calls"]:
+        table.add_column(col, justify="right", no_wrap=True)
+    cells = []
     for r in rows:
-        own = [f"{r.schedule[k]:.3g}" if k in r.schedule else "-" for k in learnt]
-        table.add_row(r.path, r.op.rsplit(".", 1)[-1], r.rep_in, r.rep_out, f"{r.theta:.3g}", *own,
-                      f"{r.weight_norm:.3g}", f"{r.projection:.3g}", f"{r.lie:.3g}", f"{r.discrete:.3g}",
-                      str(r.calls) if r.calls == 1 else f"[bold red]{r.calls}[/]")
-    out.print(table)
+        values = [r.theta, *(r.schedule.get(k, math.nan) for k in learnt), r.weight_norm, r.projection, r.lie,
+                  r.discrete]
+        cells.append([f"{v:.3g}" for v in values])
+        calls = str(r.calls) if r.calls == 1 else f"[bold red]{r.calls}[/]"
+        table.add_row(r.path, ops[len(cells) - 1], f"{r.rep_in} → {r.rep_out}", *cells[-1], calls)
+    whole = [[r.path for r in rows], ops, *zip(*cells), [str(r.calls) for r in rows]]  # columns never cut
+    headers = ["site", "op", *numbers, "calls"]
+    needed = sum(max(map(len, [h, *col])) for h, col in zip(headers, whole)) + 16 + 3 * (len(headers) + 1) + 1
+    if needed <= out.width:
+        out.print(table)
+        return
+    out.print("relaxed sites (‖Bx‖, Lie, discrete: on validation inputs)", highlight=False)
+    for r, values in zip(rows, cells):
+        out.print(f"{r.path}  {r.op.rsplit('.', 1)[-1]}  calls {r.calls}", highlight=False)
+        out.print(f"  {r.rep_in} → {r.rep_out}", highlight=False)
+        out.print("  " + "  ".join(f"{name} {v}" for name, v in zip(numbers, values)), highlight=False)
+
+
+# -- reading checkpoints: the trust boundary (see relaxcli.recipe.trust) ------------------------------------------
+_TRUST_HELP = ("Trust the checkpoint's stored recipe: build the components it names even off relax's allowlist (your "
+               "own model class). Only for a file you trust; see 'Security' in the README.")
+_RECIPE_HELP = ("Rebuild the model from this recipe (yours, trusted) instead of the checkpoint's stored one; its model "
+                "must fit the checkpoint's tensors.")
+
+
+def _own_recipe(path: Optional[Path]) -> Any:
+    """The user's own recipe for ``--recipe`` (trusted, like a recipe given to ``relax train``), or None."""
+    if path is None:
+        return None
+    from .recipe import load_recipe
+
+    return load_recipe(path)
 
 
 # -- project -----------------------------------------------------------------------------------------------------
-@app.command()
+def _positive_finite(value: Optional[float]) -> Optional[float]:
+    """``--tolerance``: a positive finite number (a NaN or infinite tolerance would accept any model)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a positive finite number; give the largest relative equivariance "
+                                 "error to accept, e.g. --tolerance 1e-5")
+    return value
+
+
+@app.command(short_help="Strip the branches, verify, write the weights.")
 @_user_errors
 def project(
     checkpoint: Annotated[Path, typer.Argument(help="A relaxed checkpoint written by 'relax train'.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output safetensors file.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Max relative equivariance error (default 1e-5 for "
-                                                            "float32 recipes, 1e-10 for float64).")] = None,
-    trials: Annotated[int, typer.Option(help="Random group elements per case.")] = 3,
-    samples: Annotated[int, typer.Option(help="Validation samples used for the check.")] = 16,
+                                                            "float32 recipes, 1e-10 for float64).",
+                                                       callback=_positive_finite)] = None,
+    trials: Annotated[int, typer.Option(help="Random group elements per case.", min=1)] = 3,
+    samples: Annotated[int, typer.Option(help="Validation samples used for the check.", min=1)] = 16,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Write without checking equivariance.")]
     = False,
@@ -298,60 +343,71 @@ def project(
                                              "(ace_elastic): write the approximately equivariant relaxed model, "
                                              "which relaxcli.load_model rebuilds; its error is reported, not "
                                              "enforced.")] = False,
+    trust_recipe: Annotated[bool, typer.Option("--trust-recipe", help=_TRUST_HELP)] = False,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help=_RECIPE_HELP)] = None,
 ) -> None:
     """Strip the branches, verify equivariance, write the user's state_dict (exactly its keys) as safetensors."""
     from .run.deliver import project_checkpoint
 
     path, report, program = project_checkpoint(checkpoint, output, tolerance=tolerance, trials=trials,
                                                samples=samples, verify=not skip_verify, overwrite=overwrite,
-                                               keep_gamma=keep_gamma)
+                                               keep_gamma=keep_gamma, trust=trust_recipe,
+                                               recipe=_own_recipe(recipe))
     if report is None:
         err.print("warning: equivariance was not verified (--skip-verify)", highlight=False)
     elif keep_gamma:
         out.print(f"relaxed model kept (γ as learnt): relative equivariance error {report.relative:.2e} "
-                  f"(absolute {report.absolute:.2e})", highlight=False)
+                  f"(absolute {report.absolute:.2e}); tested {report.describe()}", highlight=False)
     else:
         out.print(f"projected model is equivariant: relative error {report.relative:.2e} "
-                  f"(absolute {report.absolute:.2e})", highlight=False)
+                  f"(absolute {report.absolute:.2e}); tested {report.describe()}", highlight=False)
     out.print(f"wrote {path}", highlight=False)
     if program is not None:
         out.print(f"wrote {program} (the projected torch.export program)", highlight=False)
 
 
 # -- export ------------------------------------------------------------------------------------------------------
-@app.command()
+@app.command(short_help="Write a projected checkpoint as a .pt2 program.")
 @_user_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A projected checkpoint written by 'relax project'.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .pt2 file.")] = None,
-    samples: Annotated[int, typer.Option(help="Validation samples used to trace and to check the program.")] = 16,
+    samples: Annotated[int, typer.Option(help="Validation samples used to trace and to check the program.",
+                                         min=1)] = 16,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    trust_recipe: Annotated[bool, typer.Option("--trust-recipe", help=_TRUST_HELP)] = False,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help=_RECIPE_HELP)] = None,
 ) -> None:
     """Write a projected checkpoint as a torch.export program (.pt2) with a symbolic batch dimension."""
     from .run.deliver import export_checkpoint_file
 
-    path = export_checkpoint_file(checkpoint, output, samples=samples, overwrite=overwrite)
+    path = export_checkpoint_file(checkpoint, output, samples=samples, overwrite=overwrite, trust=trust_recipe,
+                                  recipe=_own_recipe(recipe))
     out.print(f"wrote {path} (checked: it reproduces the model on {samples} validation samples)", highlight=False)
 
 
 # -- inspect -----------------------------------------------------------------------------------------------------
-@app.command()
+@app.command(short_help="Per-site and whole-model equivariance error.")
 @_user_errors
 def inspect(
     model: Annotated[Path, typer.Argument(help="A recipe (.yaml), a relaxed or a projected checkpoint.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    tolerance: Annotated[Optional[float], typer.Option(help="Exit 3 if the model's relative error exceeds it.")]
-    = None,
-    trials: Annotated[int, typer.Option(help="Random group elements per case.")] = 3,
-    samples: Annotated[int, typer.Option(help="Validation samples used.")] = 16,
+    tolerance: Annotated[Optional[float], typer.Option(help="Exit 3 if the model's relative error exceeds it.",
+                                                       callback=_positive_finite)] = None,
+    trials: Annotated[int, typer.Option(help="Random group elements per case.", min=1)] = 3,
+    samples: Annotated[int, typer.Option(help="Validation samples used.", min=1)] = 16,
+    trust_recipe: Annotated[bool, typer.Option("--trust-recipe", help=_TRUST_HELP)] = False,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help=_RECIPE_HELP)] = None,
 ) -> None:
     """Per-site branch norms and whole-model equivariance error of a recipe's model or a checkpoint."""
     from .errors import EquivarianceError
     from .run.inspect import inspect_path
 
-    report = inspect_path(model, samples=samples, trials=trials)
+    report = inspect_path(model, samples=samples, trials=trials, trust=trust_recipe, recipe=_own_recipe(recipe))
     if as_json:
-        out.print_json(json.dumps(report.to_dict()))
+        from .run.runlog import strict_json
+
+        out.print_json(strict_json(report.to_dict()))  # null (with "null_reasons") where a number is not finite
     else:
         out.print(f"{report.source}: {report.kind} {report.model}"
                   + (f", graph pass: {report.mode}" if report.mode else ""), highlight=False)
@@ -364,13 +420,43 @@ def inspect(
             for name, r in report.equivariance.items():
                 label = name if name != "projected" else "projected (θ=0)"
                 table.add_row(label, f"{r.relative:.2e}", f"{r.absolute:.2e}",
-                              ", ".join(f"{k} {v:.1e}" for k, v in r.cases.items()))
+                              ", ".join(f"{k}{_times(r, k)} {v:.1e}" for k, v in r.cases.items()))
             out.print(table)
         for note in report.notes:
             out.print(f"note: {note}", highlight=False)
-    if tolerance is not None and report.equivariance and report.worst() > tolerance:
+    if tolerance is not None and report.equivariance and not report.passes(tolerance):  # NaN fails
         raise EquivarianceError(f"{report.source}: relative equivariance error {report.worst():.3e} exceeds the "
-                                f"tolerance {tolerance:.1e}")
+                                f"tolerance {tolerance:.1e} or is not finite")
+
+
+def _times(report: Any, case: str) -> str:
+    """`` ×3`` after a case tried on 3 group elements; nothing for an element of a finite group (a case each)."""
+    return "" if report.finite_group is not None else f" ×{report.elements.get(case, 0)}"
+
+
+# -- plot --------------------------------------------------------------------------------------------------------
+@app.command(short_help="Overlay runs (validation, test) in one PNG.")
+@_user_errors
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (written by 'relax train').", metavar="RUN...")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The PNG to write.")] = Path("compare.png"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Overlay runs in one figure: each run's validation loss of the projected (solid) and relaxed (dashed) model,
+    its test result, and its training loss; e.g. a relaxed run and its standard twin."""
+    from .run.reports import write_comparison
+    from .run.runlog import MetricsLog
+
+    loaded = []
+    for run in runs:
+        log = run / "metrics.jsonl"
+        if not log.is_file():
+            raise RelaxError(f"{run} is not a run directory (it has no metrics.jsonl); give directories written by "
+                             "'relax train'")
+        loaded.append((run.name, MetricsLog.read(log)))
+    if output.exists() and not overwrite:
+        raise RelaxError(f"{output} already exists; pass -o with another path, or --overwrite to replace it")
+    out.print(f"wrote {write_comparison(loaded, output)}", highlight=False)
 
 
 # -- recipes -----------------------------------------------------------------------------------------------------
@@ -379,7 +465,7 @@ def _builtin_recipes() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
 
 
-@app.command()
+@app.command(short_help="List the built-in recipes, or copy one here.")
 @_user_errors
 def recipes(
     name: Annotated[Optional[str], typer.Argument(help="Copy this built-in recipe into the current directory.")]
@@ -406,7 +492,9 @@ def recipes(
     dest = Path.cwd() / f"{key}.yaml"
     if dest.exists():
         raise RelaxError(f"{dest} already exists; not overwriting it")
-    shutil.copyfile(found[key], dest)
+    from .run.files import atomic_write
+
+    atomic_write(dest, found[key].read_bytes())
     out.print(f"wrote {dest}", highlight=False)
 
 
@@ -416,4 +504,6 @@ def main(argv: list[str] | None = None) -> None:
     global _debug, _argv
     args = list(sys.argv[1:] if argv is None else argv)
     _debug, _argv = "--debug" in args, args
+    if "" not in sys.path and os.getcwd() not in sys.path:  # recipe components import from here, as `python -m` does
+        sys.path.insert(0, os.getcwd())
     app(args=[a for a in args if a != "--debug"], prog_name="relax")

@@ -29,7 +29,7 @@ from torch import nn
 from .core.graph import RelaxedModel, relax
 from .core.projection import project
 from .core.reps import Rep
-from .core.symmetry import EquivarianceReport, equivariance_error, transform
+from .core.symmetry import EquivarianceReport, check_tolerance, equivariance_error, transform
 
 __all__ = ["EquivarianceReport", "transform", "equivariance_error", "assert_equivariant", "assert_relaxable",
            "RelaxableReport", "intertwiner_dim", "intertwiner_residual"]
@@ -37,13 +37,19 @@ __all__ = ["EquivarianceReport", "transform", "equivariance_error", "assert_equi
 
 def assert_equivariant(func: Callable[..., Any], args_in: Sequence[torch.Tensor], irreps_in: Sequence[Any],
                        irreps_out: Any, tolerance: float = 1e-6, **kwargs: Any) -> EquivarianceReport:
-    """Raise ``AssertionError`` when the relative equivariance error exceeds ``tolerance`` (or is not finite);
-    else return the report."""
+    """Raise ``AssertionError`` when the relative equivariance error exceeds ``tolerance`` or is not finite; else
+    return the report.
+
+    Raises:
+        ValueError: ``tolerance`` is not a positive finite number, ``ntrials`` is not a positive integer, or an input
+            has no samples (see :func:`equivariance_error`).
+    """
     __tracebackhide__ = True
+    check_tolerance(tolerance)
     report = equivariance_error(func, args_in, irreps_in, irreps_out, **kwargs)
-    assert report.relative <= tolerance, (
+    assert report.tested() > 0 and report.relative <= tolerance, (  # NaN fails too
         f"relative equivariance error {report.relative:.3e} > tolerance {tolerance:.1e} "
-        f"(absolute {report.absolute:.3e}; per case {report.cases})"
+        f"(absolute {report.absolute:.3e}; per case {report.cases}; tested {report.describe()})"
     )
     return report
 
@@ -97,6 +103,7 @@ def assert_relaxable(model: nn.Module, args_in: Sequence[Any], irreps_in: Sequen
         a :class:`RelaxableReport`.
     """
     __tracebackhide__ = True
+    check_tolerance(tolerance)
     fresh = copy.deepcopy(model)
     keys = list(model.state_dict())
     model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,26 @@ def run_relax(*args: str | Path, cwd: Path, check: bool = True, command: list[st
     if check and proc.returncode != 0:
         raise AssertionError(f"relax {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def strict_loads(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's parser accepts by default,
+    but JSON does not have)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file the tool wrote (e.g. ``summary.json``), parsed strictly (see :func:`strict_loads`)."""
+    return strict_loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """Every line of a JSON-lines file (``metrics.jsonl``), parsed strictly."""
+    return [strict_loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import RELAX
+from conftest import RELAX, read_json
 
 import e3nn.util.test
 import pytest
@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from relaxcli.run.batches import example_batch
-from relaxcli.run.checkpoint import load_checkpoint
+from relaxcli.run.checkpoint import load_checkpoint, save_checkpoint
 from relaxcli.tasks import NBodyData
 from relaxcli.tasks import SEGNN
 
@@ -32,7 +32,7 @@ def test_train_project_inspect(tmp_path: Path, relax_cli: Callable[..., Any], nb
     for f in ("recipe.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "plots/loss.png", "plots/theta.png",
               "plots/lie.png", "checkpoints/best.safetensors", "checkpoints/last.safetensors"):
         assert (run_dir / f).is_file(), f
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / "summary.json")
     assert summary["test_projected"] < 0.27  # better than predicting no motion
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
@@ -86,8 +86,8 @@ def test_project_refuses_a_model_that_fails_the_check(tmp_path: Path, relax_cli:
     recipe_meta = json.loads(data.metadata["recipe"])
     recipe_meta["symmetry"]["inputs"][1] = "1x1e"
     tensors = dict(data.tensors)
-    safetensors.torch.save_file(tensors, str(tmp_path / "wrong.safetensors"),
-                                metadata={**data.metadata, "recipe": json.dumps(recipe_meta)})
+    # written through relax's writer, which stores the new content hash (an edited file is otherwise "damaged")
+    save_checkpoint(tmp_path / "wrong.safetensors", tensors, {**data.metadata, "recipe": json.dumps(recipe_meta)})
     proc = relax_cli("project", "wrong.safetensors", "-o", "out.safetensors", cwd=tmp_path, check=False)
     assert proc.returncode == 3
     assert "not equivariant" in proc.stderr and "Traceback" not in proc.stderr
@@ -171,8 +171,8 @@ def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path, theta:
     assert not (tmp_path / "killed" / "summary.json").exists()
     relax_cli("train", "--resume", "killed", cwd=tmp_path)
 
-    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
-    b = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    a = read_json(tmp_path / "straight" / "summary.json")
+    b = read_json(tmp_path / "killed" / "summary.json")
     assert a.keys() == b.keys()
     for key in ("val_projected", "test_projected", "test_relaxed", "best_epoch", "steps", "test_relaxed_kept"):
         assert a.get(key) == b.get(key), key
@@ -192,7 +192,7 @@ def test_standard_twin_trains_the_plain_model(tmp_path: Path, relax_cli: Callabl
     data["trainer"]["grad_clip"] = 0.5
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     relax_cli("train", recipe, "--run-dir", "std", cwd=tmp_path)
-    summary = json.loads((tmp_path / "std" / "summary.json").read_text())
+    summary = read_json(tmp_path / "std" / "summary.json")
     assert summary["relaxed"] is False and summary["test_relaxed"] is None
     recorded = yaml.safe_load((tmp_path / "std" / "recipe.yaml").read_text())
     assert isinstance(recorded["seed"], int) and recorded["seed"] == summary["seed"]
@@ -229,7 +229,7 @@ def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path, relax_c
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     proc = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     assert "relaxed model with γ kept" in proc.stdout and "relax project --keep-gamma" in proc.stdout
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = read_json(tmp_path / "run" / "summary.json")
     kept_ckpt = tmp_path / summary["best_relaxed_checkpoint"]
     assert kept_ckpt.name == "best_relaxed.safetensors" and summary["test_relaxed_kept"] is not None
     evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())

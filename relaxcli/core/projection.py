@@ -8,8 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +16,13 @@ from torch import nn
 
 from ..errors import EquivarianceError
 from .graph import RelaxedModel
-from .symmetry import EquivarianceReport, equivariance_error
+from .symmetry import EquivarianceReport, check_tolerance, equivariance_error
 
-__all__ = ["project", "verify_equivariant", "check_tolerance"]
+__all__ = ["project", "verify_equivariant"]
 
 
 def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_in: Sequence[Any], irreps_out: Any,
-                       tolerance: float = 1e-6, **kwargs: Any) -> EquivarianceReport:
+                       tolerance: float = 1e-6, *, samples: int | None = None, **kwargs: Any) -> EquivarianceReport:
     """Measure the relative equivariance error of ``model`` (in eval mode) and raise
     :class:`~relaxcli.EquivarianceError` if it exceeds ``tolerance``, is not finite, the model has non-finite weights,
     or no group element was tried.
@@ -36,16 +34,17 @@ def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         listing = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        hold = "weight tensors hold" if len(bad) != 1 else "weight tensor holds"
         raise EquivarianceError(
-            f"the projected model cannot be verified: {len(bad)} weight tensor{'s' if len(bad) != 1 else ''} hold NaN "
-            f"or inf ({listing}). Training diverged or the checkpoint is damaged; use an earlier checkpoint, or "
-            "retrain with a lower learning rate.")
+            f"the projected model cannot be verified: {len(bad)} {hold} NaN or inf ({listing}). Training diverged "
+            "or the checkpoint is damaged; use an earlier checkpoint, or retrain with a lower learning rate.")
     was_training = model.training
     model.eval()
     try:
         report = equivariance_error(model, inputs, irreps_in, irreps_out, **kwargs)
     finally:
         model.train(was_training)
+    report.samples = samples
     per_case = ", ".join(f"{k} {v:.2e}" for k, v in report.cases.items())
     if report.tested() == 0:
         raise EquivarianceError("the equivariance check tried no group element, so it verified nothing; give at "
@@ -62,14 +61,6 @@ def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_
             "Check the symmetry spec of the inputs and output, or raise the tolerance."
         )
     return report
-
-
-def check_tolerance(tolerance: Any) -> None:
-    """Raise ``ValueError`` unless ``tolerance`` is a positive finite number (a NaN or inf tolerance passes all)."""
-    if (isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not math.isfinite(tolerance)
-            or tolerance <= 0):
-        raise ValueError(f"tolerance must be a positive finite number (the largest relative equivariance error "
-                         f"accepted, e.g. 1e-5), got {tolerance!r}")
 
 
 def project(relaxed: RelaxedModel, *, inputs: Sequence[torch.Tensor] | None = None,

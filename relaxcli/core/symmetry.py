@@ -24,7 +24,8 @@ from e3nn import o3
 
 from .reps import default_dtype
 
-__all__ = ["EquivarianceReport", "transform", "equivariance_error"]
+__all__ = ["EquivarianceReport", "transform", "equivariance_error", "check_tolerance"]
+
 
 def transform(x: torch.Tensor, spec: Any, rotation: torch.Tensor, translation: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -48,9 +49,9 @@ class EquivarianceReport:
     """Largest errors over the trials: ``absolute = max|f(g·x) − g·f(x)|``, ``relative = absolute / max|g·f(x)|``.
 
     ``cases`` holds the absolute error per case (``"rotation"``, ``"parity"``, ``"+translation"`` suffixes, or one
-    case per element of a finite escnn group) and ``elements`` how many group elements each case tried. A non-finite
-    output or error makes ``absolute`` and ``relative`` NaN (or inf), never a pass. ``samples`` is the number of
-    samples checked, where the caller knows it (``relax project``, ``relax inspect``).
+    case per element of the finite escnn group named by ``finite_group``) and ``elements`` how many group elements
+    each case tried. A non-finite output or error makes ``absolute`` and ``relative`` NaN (or inf), never a pass.
+    ``samples`` is the number of samples checked, where the caller knows it (``relax project``, ``relax inspect``).
     """
 
     absolute: float
@@ -58,6 +59,7 @@ class EquivarianceReport:
     cases: dict[str, float] = field(default_factory=dict)
     elements: dict[str, int] = field(default_factory=dict)
     samples: int | None = None
+    finite_group: str | None = None
 
     def tested(self) -> int:
         """The number of group elements tried, over all cases."""
@@ -69,8 +71,8 @@ class EquivarianceReport:
 
     def describe(self) -> str:
         """Which cases were tested and on how much: ``"rotation ×3, parity ×3 (6 group elements, 16 samples)"``."""
-        if self.elements and all(n == 1 for n in self.elements.values()):
-            listing = ", ".join(self.elements)  # a finite group: one case per element
+        if self.finite_group is not None:  # one case per element
+            listing = f"every element of {self.finite_group}"
         else:
             listing = ", ".join(f"{name} ×{n}" for name, n in self.elements.items())
         total = self.tested()
@@ -139,6 +141,14 @@ def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor]
     return acc.report()
 
 
+def check_tolerance(tolerance: Any) -> None:
+    """Raise ``ValueError`` unless ``tolerance`` is a positive finite number (a NaN or inf tolerance passes all)."""
+    if (isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not math.isfinite(tolerance)
+            or tolerance <= 0):
+        raise ValueError(f"tolerance must be a positive finite number (the largest relative equivariance error "
+                         f"accepted, e.g. 1e-5), got {tolerance!r}")
+
+
 def _check_trials(ntrials: Any) -> None:
     if isinstance(ntrials, bool) or not isinstance(ntrials, numbers.Integral) or ntrials < 1:
         raise ValueError(f"ntrials must be a positive integer (random group elements per case, e.g. 3), got "
@@ -195,14 +205,16 @@ class _Accumulator:
             self.absolute = _worse(self.absolute, err)
             self.relative = _worse(self.relative, rel)
 
-    def report(self) -> EquivarianceReport:
-        return EquivarianceReport(self.absolute, self.relative, self.cases, self.elements)
+    def report(self, finite_group: str | None = None) -> EquivarianceReport:
+        return EquivarianceReport(self.absolute, self.relative, self.cases, self.elements,
+                                  finite_group=finite_group)
 
 
 def _plain(out: Any) -> tuple[torch.Tensor, ...]:
     from ..ops.steerable import is_geometric_tensor
 
-    return tuple(y.tensor if is_geometric_tensor(y) else y for y in _as_tuple(out))
+    items: tuple[Any, ...] = _as_tuple(out)
+    return tuple(y.tensor if is_geometric_tensor(y) else y for y in items)
 
 
 def _escnn_equivariance_error(func: Callable[..., Any], args_in: tuple[Any, ...], specs_in: list[Any],
@@ -225,7 +237,7 @@ def _escnn_equivariance_error(func: Callable[..., Any], args_in: tuple[Any, ...]
             out_g = _plain(func(*args_g))
         acc.add(str(g), out_g, [transform_field(y, s, g) if s is not None else y.to(torch.float64)
                                 for y, s in zip(ref, specs_out)])
-    return acc.report()
+    return acc.report(finite_group=str(group))
 
 
 def _rand_rotation(generator: torch.Generator) -> torch.Tensor:

@@ -32,6 +32,7 @@ from torch import nn
 from ..core.branches import Branch
 from ..core.graph import find_sites
 from ..errors import RelaxError
+from ..run.files import atomic_path
 from .base import OpAdapter
 from .registry import ACTIONS
 
@@ -68,8 +69,14 @@ def export_program(model: nn.Module, example_inputs: tuple[Any, ...], path: str 
         program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic)
     finally:
         model.train(was_training)
-    torch.export.save(program, path, extra_files={SITES_FILE: json.dumps(sites)})
+    _save(program, sites, path)
     return program
+
+
+def _save(program: torch.export.ExportedProgram, sites: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """``torch.export.save`` through a temporary file and a rename: a killed process leaves the old file or none."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: torch warns about a name without .pt2
+        torch.export.save(program, fh, extra_files={SITES_FILE: json.dumps(sites)})
 
 
 def _load(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, list[dict[str, Any]]]:
@@ -88,6 +95,12 @@ def _load(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, list[d
 
 def load_program(path: str) -> nn.Module:
     """A trainable module from a ``.pt2`` file: the program unflattened into the original submodule tree.
+
+    A ``.pt2`` file is code, not data: ``torch.export.load`` (torch 2.13) unpickles its sample inputs (falling back
+    to ``weights_only=False`` when the safe load fails), tensor-subclass weights and constants and opaque objects,
+    evaluates its symbolic shape expressions with ``sympy.sympify`` and calls any function reachable from ``torch``
+    that its graph names. Load only files you trust; a checkpoint's stored recipe may name this function only with
+    ``--trust-recipe`` (see :mod:`relaxcli.recipe.trust`).
 
     The recorded sites (see :func:`export_program`) travel with the module as ``module.relax_program``. A program
     exported with plain ``torch.export`` loads too, but has no recorded sites to relax.
@@ -163,7 +176,7 @@ def write_program(source: str | os.PathLike, state: dict[str, torch.Tensor], out
     with torch.no_grad():
         for k, v in params.items():
             v.copy_(state[k])
-    torch.export.save(program, out, extra_files={SITES_FILE: json.dumps(sites)})
+    _save(program, sites, out)
     return Path(out)
 
 

@@ -8,10 +8,13 @@ import datetime
 import importlib
 import inspect
 import os
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RecipeError
+from .argtypes import check_types
 from .problems import INVALID, KeyPath, Problems, show, suggest
 
 __all__ = ["ComponentSpec", "INJECTED_ARGS", "ALIASES", "canonical", "import_target", "check_plain", "convert_component", "instantiate"]
@@ -47,6 +50,11 @@ ALIASES: dict[str, str] = {
 }
 
 
+#: While a recipe read from a file (a checkpoint's, or a run directory's on --resume) is validated without trust: the
+#: test of what such a file may name (:func:`relaxcli.recipe.trust.allowed`), which :func:`import_target` applies.
+ALLOWLIST: ContextVar[Callable[[str], bool] | None] = ContextVar("relaxcli_allowlist", default=None)
+
+
 def canonical(target: str) -> str:
     """``target`` with an earlier release's module path replaced by today's (``relaxcli.models.SEGNN`` ->
     ``relaxcli.tasks.SEGNN``); other paths unchanged."""
@@ -58,7 +66,11 @@ def canonical(target: str) -> str:
 
 def import_target(target: str) -> tuple[Any, str | None]:
     """Import ``a.b.C`` (an earlier release's path is read as today's, see :data:`ALIASES`). Returns (object, None)
-    or (None, reason)."""
+    or (None, reason). While :data:`ALLOWLIST` is set, a path off the allowlist (:mod:`.trust`) is refused, not
+    imported."""
+    allowed = ALLOWLIST.get()
+    if allowed is not None and not allowed(target):
+        return None, "a file may not name it without your say-so (see 'Security' in the README)"
     parts = canonical(target).split(".")
     if len(parts) < 2 or not all(p.isidentifier() for p in parts):
         return None, "expected a dotted import path such as 'torch.nn.Linear'"
@@ -151,7 +163,8 @@ def convert_component(value: Any, path: KeyPath, ctx: Problems) -> Any:
 
 
 def check_signature(obj: Any, target: str, kwargs: dict[str, Any], path: KeyPath, ctx: Problems) -> None:
-    """Report unknown, missing and trainer-supplied keyword arguments of a component."""
+    """Report unknown, missing and trainer-supplied keyword arguments of a component, and values of the wrong type
+    (see :func:`~relaxcli.recipe.argtypes.check_types`)."""
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -179,6 +192,7 @@ def check_signature(obj: Any, target: str, kwargs: dict[str, Any], path: KeyPath
         required = p.default is P.empty and p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)
         if required and p.name not in supplied and p.name not in kwargs:
             ctx.add(path + (p.name,), f"missing required argument of {target}")
+    check_types(obj, target, {k: v for k, v in kwargs.items() if k in names}, path, ctx)  # lr: "abc", lr: .inf
     if ctx.count() == before:
         try:
             sig.bind(*injected, **kwargs)
@@ -208,4 +222,7 @@ def instantiate(spec: ComponentSpec, *args: Any, **extra_kwargs: Any) -> Any:
         message = str(exc).strip() or type(exc).__name__
         if len(message) > 300:
             message = message[:297] + "..."
-        raise RecipeError([f"{section}: {spec.target}(...) failed: {message}"]) from exc
+        # "num_layers must be >= 1, got -1": the message names one of the recipe's keys, so the problem does too
+        key = next((k for k in spec.kwargs if message.split(" ", 1)[0].strip(":'\"`") == k), None)
+        where = f"{section}.{key}" if key else section
+        raise RecipeError([f"{where}: {spec.target}(...) failed: {message}"]) from exc

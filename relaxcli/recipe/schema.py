@@ -50,13 +50,17 @@ __all__ = ["Range", "Check", "Recipe", "TrainerConfig", "BranchConfig", "Regular
 
 @dataclass(frozen=True)
 class Range:
-    """Numeric bounds for an ``Annotated`` field, e.g. ``Annotated[int, Range(ge=1)]``."""
+    """Numeric bounds for an ``Annotated`` field, e.g. ``Annotated[int, Range(ge=1)]``. ``cap`` is an upper limit
+    past which a value is surely a mistake (``epochs: 1e30``), reported on its own."""
 
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
+    cap: float | None = None
 
     def problem(self, value: Any) -> str | None:
+        if self.cap is not None and value > self.cap:
+            return f"must be <= {_num(self.cap)}, got {_num(value)}"
         if (
             (self.ge is None or value >= self.ge)
             and (self.gt is None or value > self.gt)
@@ -80,6 +84,15 @@ class Check:
 
 def _num(x: Any) -> str:
     return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+#: The largest float32: θ, γ and the branches' init_std become float32 (or float64) tensors.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _float32(value: float) -> str | None:
+    return None if abs(value) <= FLOAT32_MAX else f"must be at most {FLOAT32_MAX:.3g} in magnitude (it becomes a " \
+        f"float32 tensor), got {value:g}"
 
 
 def _nonempty(value: str) -> str | None:
@@ -108,7 +121,7 @@ IrrepsSpec = Annotated[Optional[str], Check(_irreps_problem, "an e3nn Irreps str
 
 @dataclass
 class TrainerConfig:
-    epochs: Annotated[int, Range(ge=1)]
+    epochs: Annotated[int, Range(ge=1, cap=10**7)]
     batch_size: Annotated[int, Range(ge=1)] = 32
     eval_batch_size: Annotated[Optional[int], Range(ge=1)] = None  # None: same as batch_size
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -117,8 +130,8 @@ class TrainerConfig:
     eval_every: Annotated[int, Range(ge=1)] = 1  # epochs
     checkpoint_every: Annotated[int, Range(ge=1)] = 1  # epochs
     log_every: Annotated[int, Range(ge=1)] = 10  # steps
-    num_workers: Annotated[int, Range(ge=0)] = 0
-    threads: Annotated[Optional[int], Range(ge=1)] = None  # torch CPU threads; None: torch's default
+    num_workers: Annotated[int, Range(ge=0, cap=256)] = 0
+    threads: Annotated[Optional[int], Range(ge=1, cap=1024)] = None  # torch CPU threads; None: torch's default
     max_steps: Annotated[Optional[int], Range(ge=1)] = None
     # reported beside the loss at every evaluation; keys of relaxcli.run.evaluation.METRICS
     metrics: list[Annotated[str, Check(_metric_problem, "the name of an evaluation metric")]] = field(
@@ -127,7 +140,7 @@ class TrainerConfig:
 
 @dataclass
 class BranchConfig:
-    init_std: Annotated[float, Range(ge=0)] = 1e-4
+    init_std: Annotated[float, Range(ge=0), Check(_float32)] = 1e-4
 
 
 @dataclass
@@ -189,12 +202,12 @@ class ThetaConfig:
     schedule: Annotated[str, Check(_schedule_problem, "the name of a θ schedule")] = field(
         default_factory=lambda: _first("..core.schedules", "SCHEDULES"))
     # hand schedules
-    max: Annotated[float, Range(ge=0)] = 1.0
+    max: Annotated[float, Range(ge=0), Check(_float32)] = 1.0
     granularity: Literal["step", "epoch"] = "step"
     end: Annotated[float, Range(gt=0, le=1)] = 1.0  # fraction of training after which theta is 0
     # ACE: theta becomes a learnable gamma per site
     dual_lr: Annotated[float, Range(gt=0)] = 0.01  # eta_d
-    gamma_init: float = 1.0
+    gamma_init: Annotated[float, Check(_float32)] = 1.0
     gamma_lr: Annotated[Optional[float], Range(gt=0)] = None  # optimiser lr for gamma (and u); None: the model's
     rho: Annotated[float, Range(gt=0)] = 1.0  # ace_elastic: price of slack
 
@@ -320,7 +333,7 @@ class Recipe:
     """
 
     name: Annotated[str, Check(_nonempty)]
-    seed: Annotated[Optional[int], Range(ge=0)] = None
+    seed: Annotated[Optional[int], Range(ge=0, cap=2**32 - 1)] = None  # numpy's limit too
     model: ComponentSpec
     data: ComponentSpec
     loss: ComponentSpec = field(default_factory=_default_loss)

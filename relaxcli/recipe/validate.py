@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import stat
 import types
 import typing
 from collections.abc import Iterable
@@ -13,10 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from ..errors import RecipeError
-from .components import ComponentSpec, convert_component
+from .argtypes import INT64, finite_float
+from .components import ALLOWLIST, ComponentSpec, convert_component
 from .overrides import apply_overrides
 from .problems import INVALID, KeyPath, Problems, show, suggest
 from .schema import Check, Recipe
+from .trust import allowed, check_trusted
 from .yaml_io import dump_yaml, parse_yaml
 
 __all__ = ["load_recipe", "loads_recipe", "recipe_from_dict", "dump_recipe"]
@@ -130,7 +133,16 @@ def _convert(value: Any, tp: Any, path: KeyPath, ctx: Problems, expected: str | 
     if not _scalar_ok(value, tp):
         quoted = tp is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off")
         return mismatch("; write true or false without quotes" if quoted else "")
-    return float(value) if tp is float else value
+    if tp is float:
+        number = finite_float(value)
+        if number is None:
+            ctx.add(path, f"must be a finite number, got {show(value)}")
+            return INVALID
+        return number
+    if tp is int and not -INT64 <= value < INT64:
+        ctx.add(path, f"must fit in a 64-bit integer (below 2**63), got {show(value)}")
+        return INVALID
+    return value
 
 
 def _convert_dataclass(value: Any, cls: type, path: KeyPath, ctx: Problems) -> Any:
@@ -169,8 +181,11 @@ def _validate(
     base_dir: Path | None,
     overrides: Iterable[str] = (),
     early: Iterable[tuple[KeyPath, str]] = (),
+    trust: bool = True,
 ) -> Recipe:
-    """Apply overrides to ``data`` and validate it into a Recipe, or raise one RecipeError."""
+    """Apply overrides to ``data`` and validate it into a Recipe, or raise one RecipeError. Without ``trust`` (a
+    recipe read from a file the user did not choose to run) a component off the allowlist raises a TrustError before
+    anything is imported (see :mod:`.trust`)."""
     if data is None:
         needs = "name, model, data, optimizer and trainer"
         raise RecipeError([f"{source}: the recipe is empty; it needs at least {needs}"], source)
@@ -181,7 +196,13 @@ def _validate(
     for path, message in early:
         ctx.add(path, message)
     apply_overrides(data, overrides, ctx)
-    recipe = _convert_dataclass(data, Recipe, (), ctx)
+    if not trust:
+        check_trusted(data, source)
+    guard = ALLOWLIST.set(None if trust else allowed)  # import_target refuses what is off it, whoever asks
+    try:
+        recipe = _convert_dataclass(data, Recipe, (), ctx)
+    finally:
+        ALLOWLIST.reset(guard)
     problems = ctx.messages()
     if problems:
         raise RecipeError(problems, source)
@@ -194,8 +215,11 @@ def loads_recipe(
     source: str = "<string>",
     overrides: Iterable[str] = (),
     base_dir: str | os.PathLike | None = None,
+    *,
+    trust: bool = True,
 ) -> Recipe:
-    """Validate recipe YAML text (``base_dir`` resolves relative ``_weights_``; default: the cwd).
+    """Validate recipe YAML text (``base_dir`` resolves relative ``_weights_``; default: the cwd). ``trust=False``
+    for text from a file the user did not choose to run: components off the allowlist raise a TrustError.
 
     Example::
 
@@ -206,11 +230,12 @@ def loads_recipe(
     overrides = list(overrides or ())
     data, lines, dupes = parse_yaml(text, source)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    return _validate(data, source, lines, base, overrides, dupes)
+    return _validate(data, source, lines, base, overrides, dupes, trust=trust)
 
 
-def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recipe:
-    """Read, override and validate a recipe file; raise one RecipeError listing every problem.
+def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = (), *, trust: bool = True) -> Recipe:
+    """Read, override and validate a recipe file; raise one RecipeError listing every problem. ``trust=False``
+    for a file the user did not write or choose (a run directory's recipe on ``--resume``): see :func:`loads_recipe`.
 
     Example::
 
@@ -218,21 +243,61 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Recip
     """
     source = os.fspath(path)
     p = Path(path)
-    if not p.exists():
-        raise RecipeError([f"{source}: file not found"], source)
-    if p.is_dir():
-        raise RecipeError([f"{source}: is a directory; expected a YAML recipe file"], source)
+    text = _read_recipe_file(p, source)
+    return loads_recipe(text, source, overrides, base_dir=Path(os.path.abspath(p)).parent, trust=trust)
+
+
+#: The largest recipe file read (a recipe is a few KiB).
+MAX_RECIPE_BYTES = 1 << 20
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_recipe_file(p: Path, source: str) -> str:
+    """The text of a recipe file: a regular file of at most :data:`MAX_RECIPE_BYTES`, else a RecipeError at once.
+
+    The file is opened without blocking and checked on the open descriptor, so a FIFO (which would wait for a writer
+    forever) or a device such as /dev/zero (endless) is refused before anything is read."""
+
+    def refuse(message: str) -> RecipeError:
+        return RecipeError([f"{source}: {message}"], source)
+
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError([f"{source}: cannot read: {exc}"], source) from None
-    return loads_recipe(text, source, overrides, base_dir=Path(os.path.abspath(p)).parent)
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise refuse("file not found") from None
+    except IsADirectoryError:
+        raise refuse("is a directory; expected a YAML recipe file") from None
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise refuse("is a directory; expected a YAML recipe file")
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise refuse(f"is {kind}, not a regular file; give a YAML recipe file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise refuse(f"is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a few KiB of YAML")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(f"cannot read: {exc}") from None
 
 
 
 
-def recipe_from_dict(data: Any, source: str = "<checkpoint>") -> Recipe:
-    """Validate a plain dict (e.g. a recipe stored in checkpoint metadata) into a Recipe.
+def recipe_from_dict(data: Any, source: str = "<checkpoint>", *, trust: bool = True) -> Recipe:
+    """Validate a plain dict (e.g. a recipe stored in checkpoint metadata) into a Recipe. With ``trust=False`` (what
+    :func:`~relaxcli.run.checkpoint.load_checkpoint` passes for a file) a component off the allowlist raises a
+    :class:`~relaxcli.errors.TrustError` before anything is imported.
 
     Relative ``_weights_`` paths are kept as they are and not checked for existence.
 
@@ -240,7 +305,7 @@ def recipe_from_dict(data: Any, source: str = "<checkpoint>") -> Recipe:
 
         recipe = recipe_from_dict(json.loads(meta["recipe"]))
     """
-    return _validate(copy.deepcopy(data), source, lines={}, base_dir=None)
+    return _validate(copy.deepcopy(data), source, lines={}, base_dir=None, trust=trust)
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -11,7 +11,7 @@ import yaml
 from ..errors import RecipeError
 from .problems import KeyPath
 
-__all__ = ["Loader", "Dumper", "parse_yaml", "dump_yaml"]
+__all__ = ["Loader", "Dumper", "MAX_VALUES", "parse_yaml", "dump_yaml"]
 
 
 _FLOAT = "tag:yaml.org,2002:float"
@@ -89,11 +89,78 @@ def _line_map(node: yaml.Node, problems: list[tuple[KeyPath, str]]) -> dict[KeyP
     return lines
 
 
+#: The most values (scalars, lists and mappings) a recipe may hold with its aliases expanded. A real recipe holds a
+#: few hundred; a "billion laughs" file, a handful of nested aliases, expands to ~10**9 and is refused at once.
+MAX_VALUES = 20_000
+
+
+class _CountingLoader(Loader):
+    """The recipe loader, stopping as soon as more than :data:`MAX_VALUES` nodes have been composed (a long file of
+    values is refused without parsing all of it)."""
+
+    source = "recipe"
+    composed = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.composed += 1
+        if self.composed > MAX_VALUES:
+            line = self.peek_event().start_mark.line + 1
+            raise RecipeError([f"{self.source}:{line}: the recipe holds more than {MAX_VALUES} values; refusing it (a "
+                               "recipe holds a few hundred)"], self.source)
+        return super().compose_node(parent, index)
+
+
+def _check_expansion(node: yaml.Node, source: str) -> None:
+    """Refuse a composed document whose aliases expand past :data:`MAX_VALUES` values, or refer to a node that
+    contains them (a recursive structure). Counts each shared node once per use without expanding it: linear time."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def refuse(n: yaml.Node, message: str) -> None:
+        raise RecipeError([f"{source}:{n.start_mark.line + 1}: {message}"], source)
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            refuse(n, "a YAML alias refers to a node that contains it (a recursive structure); a recipe must be a "
+                      "tree of values")
+        open_nodes.add(key)
+        if isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        else:
+            children = n.value if isinstance(n, yaml.SequenceNode) else []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_VALUES:
+                refuse(n, f"the recipe holds more than {MAX_VALUES} values once its YAML aliases are expanded; "
+                          "refusing it (a recipe holds a few hundred; is this a 'billion laughs' file?)")
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(node)
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int], list[tuple[KeyPath, str]]]:
-    """Parse YAML text safely. Returns (data, lines, duplicate-key problems)."""
+    """Parse YAML text safely. Returns (data, lines, duplicate-key problems).
+
+    Aliases are counted before anything is built from them: a document that expands past :data:`MAX_VALUES` values
+    (or nests deeper than Python's recursion limit) is a RecipeError, not a hang or a crash."""
     try:
-        node = yaml.compose(text, Loader=Loader)
-        data = yaml.load(text, Loader=Loader)
+        loader = _CountingLoader(text)
+        loader.source = source
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(node, source)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise RecipeError([f"{source}: invalid YAML: nested too deeply"], source) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark is not None else source

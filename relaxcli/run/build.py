@@ -109,26 +109,42 @@ def restore(ckpt: Checkpoint) -> tuple[Recipe, nn.Module, RelaxedModel | None]:
     recipe.model.weights = None  # the checkpoint's own weights replace the initial ones
     model = build_model(recipe)
     state = ckpt.model_state()
-    expected = user_state(model)
-    if set(state) != set(expected):
-        missing, unexpected = sorted(set(expected) - set(state))[:5], sorted(set(state) - set(expected))[:5]
-        raise RelaxError(f"{ckpt.path} does not match {recipe.model.target}: missing {missing}, unexpected {unexpected}")
+    _check_fits(ckpt, recipe.model.target, state, user_state(model))
     load_user_state(model, state)
     relaxed = None
     if ckpt.kind == "relaxed" and ckpt.branch_state():
         relaxed = build_relaxed(model, recipe)
         if relaxed is not None:
+            _check_fits(ckpt, "the recipe's relaxation (relax section)", ckpt.branch_state(),
+                        relaxed.branches.state_dict())
             relaxed.branches.load_state_dict(ckpt.branch_state(), strict=True)
     return recipe, model, relaxed
 
 
-def load_model(path: str | os.PathLike) -> nn.Module:
+def _check_fits(ckpt: Checkpoint, what: str, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Strict match of a checkpoint's tensors with a freshly built model's: the same keys and shapes."""
+    if set(state) != set(expected):
+        missing, unexpected = sorted(set(expected) - set(state))[:5], sorted(set(state) - set(expected))[:5]
+        raise RelaxError(f"{ckpt.path} does not match {what}: missing {missing}, unexpected {unexpected}")
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in expected.items()
+              if tuple(state[k].shape) != tuple(v.shape)]
+    if shapes:
+        raise RelaxError(f"{ckpt.path} does not fit {what}: {'; '.join(shapes[:3])}"
+                         f"{f' (and {len(shapes) - 3} more)' if len(shapes) > 3 else ''}")
+
+
+def load_model(path: str | os.PathLike, trust: bool = False, recipe: Recipe | None = None) -> nn.Module:
     """A checkpoint as a live model, rebuilt from the recipe it stores: for a relaxed checkpoint the
     :class:`~relaxcli.RelaxedModel` with its branches and θ (γ) as stored, for a projected one the user's module.
+
+    A checkpoint is data: its stored recipe may only name allowlisted components (relaxcli's tasks, torch optimisers
+    and losses, e3nn layers; see :mod:`relaxcli.recipe.trust`); anything else raises
+    :class:`~relaxcli.errors.TrustError` before it is imported. Pass ``trust=True`` for a file you trust (your own
+    model class), or ``recipe=`` a recipe you hold to rebuild from it instead (its model must fit the tensors).
 
     Example:
         >>> kept = load_model("runs/field/checkpoints/best_relaxed.relaxed.safetensors")   # relax project --keep-gamma
         >>> kept.eval(); y = kept(pos, vel, charge)
     """
-    _, model, relaxed = restore(load_checkpoint(path))
+    _, model, relaxed = restore(load_checkpoint(path, trust=trust, recipe=recipe))
     return relaxed if relaxed is not None else model

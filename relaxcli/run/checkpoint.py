@@ -13,7 +13,10 @@ through :func:`save_projected`, and everything reads through :func:`load_checkpo
 loaded in eval mode (:func:`user_state`, :func:`load_user_state`).
 
 Nothing here unpickles: tensors come from safetensors, the rest from JSON. Every write is atomic (temp file, fsync,
-rename), so a killed process leaves either the old file or the new one.
+rename), so a killed process leaves either the old file or the new one. Every file carries a content hash
+(``content_sha256``: tensors and metadata), verified on every read, so a damaged file is refused, not trained on. A
+checkpoint is data: its stored recipe may only name allowlisted components unless the reader trusts it
+(:mod:`relaxcli.recipe.trust`).
 
 Example:
     >>> save_relaxed("last.safetensors", model, relaxation, recipe, step=10, epoch=1)
@@ -22,7 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +42,19 @@ from .._version import __version__
 from ..errors import RelaxError
 from ..recipe import Recipe, recipe_from_dict
 from .files import atomic_write
+from .runlog import NULL_REASONS, sanitize
 
 if TYPE_CHECKING:
     from .relaxation import Relaxation
 
-__all__ = ["RELAXED", "PROJECTED", "Checkpoint", "save_checkpoint", "save_relaxed", "save_projected",
+__all__ = ["RELAXED", "PROJECTED", "CONTENT_HASH", "Checkpoint", "save_checkpoint", "save_relaxed", "save_projected",
+           "content_hash",
            "load_checkpoint", "flatten_state", "unflatten_state", "versions", "user_state", "load_user_state",
            "load_weights"]
 
 RELAXED = "relaxcli/relaxed/1"
+#: Metadata key of the content hash (see :func:`content_hash`).
+CONTENT_HASH = "content_sha256"
 PROJECTED = "relaxcli/projected/1"
 
 
@@ -58,7 +67,8 @@ def versions() -> dict[str, str]:
 
 def flatten_state(obj: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
     """Split a nested state (dicts, lists, tensors, numbers) into tensors keyed ``prefix.<path>`` and a JSON
-    skeleton in which each tensor is replaced by ``{"__tensor__": key}``."""
+    skeleton in which each tensor is replaced by ``{"__tensor__": key}`` and each non-finite float (e.g. a best
+    validation loss still at ``inf``) by ``{"__float__": "inf"}``, so the skeleton is strict JSON."""
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(x: Any, path: str) -> Any:
@@ -71,6 +81,8 @@ def flatten_state(obj: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
         if isinstance(x, (list, tuple)):
             return {"__list__" if isinstance(x, list) else "__tuple__": [walk(v, f"{path}.{i}")
                                                                           for i, v in enumerate(x)]}
+        if isinstance(x, float) and not math.isfinite(x):
+            return {"__float__": str(x)}
         if x is None or isinstance(x, (bool, int, float, str)):
             return x
         raise TypeError(f"cannot store a {type(x).__name__} in a checkpoint (at {path})")
@@ -89,14 +101,43 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return [unflatten_state(v, tensors) for v in skeleton["__list__"]]
         if "__tuple__" in skeleton:
             return tuple(unflatten_state(v, tensors) for v in skeleton["__tuple__"])
-    return skeleton
+        if "__float__" in skeleton:
+            return float(skeleton["__float__"])
+    return skeleton  # older checkpoints hold NaN/Infinity literals here, which json.loads reads as floats
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Atomically write a safetensors file; metadata values that are not strings are stored as JSON."""
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    """Atomically write a safetensors file; metadata values that are not strings are stored as strict JSON: a
+    non-finite number becomes ``null``, and the metadata key ``null_reasons`` says which (``"key/path": why``)."""
+    meta: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            meta[key] = value
+            continue
+        found: dict[str, str] = {}
+        meta[key] = json.dumps(sanitize(value, found), allow_nan=False)
+        reasons.update({f"{key}/{where}" if where else key: why for where, why in found.items()})
+    if reasons:
+        meta[NULL_REASONS] = json.dumps(reasons)
     plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
+    meta.pop(CONTENT_HASH, None)
+    meta[CONTENT_HASH] = content_hash(plain, meta)
     atomic_write(path, safetensors.torch.save(plain, metadata=meta))
+
+
+def content_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over the tensors in sorted key order (name, dtype, shape, bytes) and the metadata entries (sorted,
+    without :data:`CONTENT_HASH`): what :func:`save_checkpoint` stores and :func:`load_checkpoint` verifies."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy()
+        h.update(json.dumps(["tensor", key, str(t.dtype), list(t.shape), data.nbytes]).encode())
+        h.update(data.tobytes())
+    for key in sorted(k for k in metadata if k != CONTENT_HASH):
+        h.update(json.dumps(["meta", key, metadata[key]]).encode())
+    return "sha256:" + h.hexdigest()
 
 
 def save_relaxed(path: str | os.PathLike, model: nn.Module, relaxation: Relaxation, recipe: Recipe, step: int,
@@ -180,6 +221,7 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     recipe: Recipe | None
+    verified: bool = False  # its content hash matched; False for files written before relax stored one (0.1.0)
 
     def json(self, key: str, default: Any = None) -> Any:
         """A metadata entry parsed as JSON."""
@@ -198,8 +240,18 @@ class Checkpoint:
         return self.section("branches") if self.kind == "relaxed" else {}
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a relaxed or projected checkpoint; a clear :class:`RelaxError` for anything else."""
+def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, recipe: Recipe | None = None) -> Checkpoint:
+    """Read a relaxed or projected checkpoint; a clear :class:`RelaxError` for anything else.
+
+    The content hash (:func:`content_hash`) is verified: a damaged file is refused. A file without one (written by
+    relax 0.1.0) is read unverified (``Checkpoint.verified`` is False).
+
+    Args:
+        trust: the file's stored recipe may name any component. Without it (the default: a checkpoint is data), a
+            component off the allowlist (:mod:`relaxcli.recipe.trust`) raises a :class:`~relaxcli.errors.TrustError`
+            before anything is imported.
+        recipe: rebuild with this recipe (one the caller holds) instead of the stored one, which is then not read.
+    """
     p = Path(path)
     if not p.exists():
         raise RelaxError(f"checkpoint {p} does not exist; pass a .safetensors file written by 'relax train' "
@@ -214,14 +266,21 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise RelaxError(f"{p} is not a readable safetensors checkpoint ({type(e).__name__}: {e}); it may be "
                          "truncated or corrupted. Use another checkpoint (e.g. checkpoints/last.safetensors).") \
             from None
+    stored_hash = metadata.get(CONTENT_HASH)
+    if stored_hash is not None and stored_hash != content_hash(tensors, metadata):
+        raise RelaxError(f"{p} is damaged: its content no longer matches the hash relax stored when writing it (a "
+                         "changed byte in its tensors or metadata, e.g. a disk or copy error), so nothing was used "
+                         "from it. Use another checkpoint (checkpoints/best.safetensors or last.safetensors) or a "
+                         "fresh copy of the file.")
     fmt = metadata.get("format")
     if fmt not in (RELAXED, PROJECTED):
         raise RelaxError(f"{p} is a safetensors file but not a relax checkpoint (metadata 'format' is {fmt!r}, "
                          f"expected {RELAXED!r} or {PROJECTED!r})")
-    recipe = None
-    if "recipe" in metadata:
+    if recipe is None and "recipe" in metadata:
         try:
-            recipe = recipe_from_dict(json.loads(metadata["recipe"]), source=f"{p} (stored recipe)")
+            stored = json.loads(metadata["recipe"])
         except json.JSONDecodeError as e:
             raise RelaxError(f"{p}: the stored recipe is not valid JSON ({e}); the checkpoint is damaged") from None
-    return Checkpoint(p, "relaxed" if fmt == RELAXED else "projected", tensors, metadata, recipe)
+        recipe = recipe_from_dict(stored, source=f"{p} (stored recipe)", trust=trust)
+    return Checkpoint(p, "relaxed" if fmt == RELAXED else "projected", tensors, metadata, recipe,
+                      verified=stored_hash is not None)

@@ -5,6 +5,7 @@ Example:
     >>> atomic_write(run_dir / "summary.json", text)
     >>> with atomic_path(out) as tmp:            # for writers that need a file name (torch.export, matplotlib)
     ...     torch.export.save(program, tmp)
+    >>> check_not_input(out, {"the checkpoint": ckpt}, "-o")   # no command writes over a file it reads
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_path", "fsync_dir"]
+from ..errors import RelaxError
+
+__all__ = ["atomic_write", "atomic_path", "fsync_dir", "same_file", "check_not_input"]
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -59,3 +62,36 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same inode when both exist (through hard and symbolic links),
+    else the same absolute path once symbolic links are resolved.
+
+    Example:
+        >>> same_file("run/../run/recipe.yaml", "run/recipe.yaml")
+        True
+    """
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_not_input(output: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], option: str) -> None:
+    """Refuse (:class:`RelaxError`) to write ``output`` when it is one of the files the command reads.
+
+    Args:
+        output: the file about to be written.
+        inputs: what each input is (e.g. ``"the checkpoint being exported"``) -> its path (``None`` is skipped).
+        option: how the user named ``output`` (e.g. ``"-o"``), for the message.
+
+    Example:
+        >>> check_not_input("best.safetensors", {"the checkpoint being read": "best.safetensors"}, "-o")
+        Traceback (most recent call last):
+        relaxcli.errors.RelaxError: -o best.safetensors is the checkpoint being read: writing it would ...
+    """
+    for what, path in inputs.items():
+        if path is not None and same_file(output, path):
+            raise RelaxError(f"{option} {output} is {what}: writing it would replace the command's own input, so "
+                             "nothing was written; choose another output path")

@@ -26,7 +26,7 @@ from .batches import call_model
 from .build import build_model, build_relaxed, restore
 from .checkpoint import load_checkpoint
 from .runlog import SITE_KEYS
-from .symmetry import example_inputs, symmetry_args
+from .symmetry import check_options, example_inputs, sample_count, symmetry_args
 
 __all__ = ["SiteRow", "InspectReport", "inspect_path", "site_rows"]
 
@@ -64,6 +64,10 @@ class InspectReport:
         key = "relaxed" if "relaxed" in self.equivariance else "projected"
         return self.equivariance[key].relative if key in self.equivariance else 0.0
 
+    def passes(self, tolerance: float) -> bool:
+        """Whether the model as stored is within ``tolerance``: every error finite, and no case left untested."""
+        return all(r.finite() and r.tested() > 0 for r in self.equivariance.values()) and self.worst() <= tolerance
+
 
 def site_rows(relaxed: RelaxedModel, inputs: Any) -> list[SiteRow]:
     """Per-site branch statistics, the data terms measured on ``inputs`` (all rows)."""
@@ -94,22 +98,33 @@ def _learnt_notes(rows: list[SiteRow], kept: float = 0.05) -> list[str]:
     return [f"learnt schedule: {len(relaxed)} of {len(rows)} sites kept |γ| > {kept}: {listing}"]
 
 
-def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> InspectReport:
-    """Inspect a recipe (``.yaml``/``.yml``) or a checkpoint (``.safetensors``)."""
+def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3, trust: bool = False,
+                 recipe: Recipe | None = None) -> InspectReport:
+    """Inspect a recipe (``.yaml``/``.yml``) or a checkpoint (``.safetensors``). A checkpoint's stored recipe may
+    only name allowlisted components unless ``trust``; ``recipe`` (one the caller holds) replaces it (see
+    :func:`~relaxcli.run.checkpoint.load_checkpoint`).
+
+    Raises:
+        RecipeError: ``samples`` or ``trials`` is not a positive integer.
+    """
+    check_options(trials=trials, samples=samples)
     p = Path(path)
-    recipe: Recipe
     site_state: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
     if p.suffix in (".yaml", ".yml"):
         recipe = load_recipe(p)
         model = build_model(recipe)
         relaxed = build_relaxed(model, recipe)
         kind = "recipe"
     else:
-        ckpt = load_checkpoint(p)
+        ckpt = load_checkpoint(p, trust=trust, recipe=recipe)
         recipe, model, relaxed = restore(ckpt)
         kind = ckpt.kind
         site_state = ckpt.json("site_state") or {}
-    report = InspectReport(str(p), kind, recipe.model.target, relaxed.mode if relaxed is not None else None)
+        if not ckpt.verified:
+            notes.append("the file has no content hash (written before relax 0.2), so damage to it cannot be detected")
+    report = InspectReport(str(p), kind, recipe.model.target, relaxed.mode if relaxed is not None else None,
+                           notes=notes)
     if relaxed is not None and relaxed.fallback_reason:
         report.notes.append(f"hooks mode: {relaxed.fallback_reason}")
     inputs = example_inputs(recipe, samples)
@@ -139,4 +154,6 @@ def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3) -> Ins
             report.equivariance["projected"] = equivariance_error(relaxed, args, ntrials=trials, **kw)
     else:
         report.equivariance["projected"] = equivariance_error(model, args, ntrials=trials, **kw)
+    for r in report.equivariance.values():
+        r.samples = sample_count(inputs)
     return report

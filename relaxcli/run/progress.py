@@ -1,30 +1,38 @@
-"""The live progress line of ``relax train`` on stderr: step bar, epoch of epochs, loss, θ (and a learnt schedule's
-means) and the last validation of the projected model. Silent when disabled (off a terminal by default).
+"""What ``relax train`` shows while it trains, on stderr: the step, the epoch of all epochs, the training loss, θ (and
+a learnt schedule's means) and the last validation of the projected model.
+
+Three modes: ``live`` (a rich progress bar, on a terminal), ``plain`` (one log line every ``log_every`` steps and
+after every evaluation: for CI, ``nohup`` and cluster logs) and ``off``.
 
 Example:
-    >>> with Progress(True, total_steps=600, epochs=60, name="nbody") as progress:
+    >>> with Progress("plain", total_steps=600, epochs=60, name="nbody") as progress:
     ...     progress.update(trainer, loss)
+    step 10/600  epoch 1/60  loss 0.3121  θ 0.0334
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, Literal
 
 from .runlog import symbol
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "Mode"]
+
+Mode = Literal["live", "plain", "off"]
 
 
 class Progress:
-    """A rich progress bar on stderr; ``update`` after logged steps, ``epoch_done`` after each epoch."""
+    """The progress display of one run; ``update`` after logged steps, ``epoch_done`` after each epoch."""
 
-    def __init__(self, enabled: bool, total: int, epochs: int, name: str) -> None:
-        self.enabled, self.total, self.epochs, self.name = enabled, total, epochs, name
+    def __init__(self, mode: Mode, total: int, epochs: int, name: str) -> None:
+        self.mode, self.total, self.epochs, self.name = mode, total, epochs, name
         self.bar: Any = None
         self.loss: float | None = None
+        self._shown_eval: Any = None
 
     def __enter__(self) -> Progress:
-        if self.enabled:
+        if self.mode == "live":
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -39,21 +47,30 @@ class Progress:
         if self.bar is not None:
             self.bar.stop()
 
-    def update(self, trainer: Any, loss: float | None = None, epoch: int | None = None) -> None:
-        """Show ``trainer``'s state; ``loss`` is the mean training loss since the last update (kept until the
-        next one), ``epoch`` the 1-based epoch shown (default: the one in progress)."""
-        if loss is not None:
-            self.loss = loss
-        if self.bar is None:
-            return
-        epoch = trainer.epoch + 1 if epoch is None else epoch
+    def _info(self, trainer: Any, epoch: int) -> str:
         parts = [f"epoch {min(epoch, self.epochs)}/{self.epochs}"]
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4g}")
         parts += [f"{symbol(k)} {v:.3g}" for k, v in trainer.relaxation.summary().items()]
         if trainer.last_eval is not None:
             parts.append(f"val(θ=0) {trainer.last_eval[0]:.4g}")
-        self.bar.update(self.task, completed=trainer.step, info=" ".join(parts))
+        return "  ".join(parts)
+
+    def update(self, trainer: Any, loss: float | None = None, epoch: int | None = None) -> None:
+        """Show ``trainer``'s state; ``loss`` is the mean training loss since the last update (kept until the
+        next one), ``epoch`` the 1-based epoch shown (default: the one in progress)."""
+        if loss is not None:
+            self.loss = loss
+        info = self._info(trainer, trainer.epoch + 1 if epoch is None else epoch)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=trainer.step, info=info)
+        elif self.mode == "plain":
+            print(f"step {trainer.step}/{self.total}  {info}", file=sys.stderr, flush=True)
 
     def epoch_done(self, trainer: Any) -> None:
-        self.update(trainer, epoch=trainer.epoch)  # trainer.epoch counts the completed epochs here
+        """After an epoch (``trainer.epoch`` counts the completed ones): the live bar shows it; a plain log gets a
+        line when an evaluation happened."""
+        if self.mode == "plain" and trainer.last_eval is self._shown_eval:
+            return
+        self._shown_eval = trainer.last_eval
+        self.update(trainer, epoch=trainer.epoch)

@@ -23,7 +23,7 @@ from typing import Any
 from .files import atomic_write
 from .runlog import SITE_KEYS, Record, sanitize, symbol
 
-__all__ = ["flatten_record", "write_csv", "write_plots", "summarize"]
+__all__ = ["flatten_record", "write_csv", "write_plots", "write_comparison", "summarize"]
 
 #: Above this many sites, plot legends move outside the axes in a small font.
 _MANY_SITES = 8
@@ -158,9 +158,18 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _log_y(ax: Any, values: Iterable[float]) -> None:
-    """Log y scale when some value is positive (non-positive points are masked), linear otherwise."""
-    if any(v > 0 for v in values):
-        ax.set_yscale("log", nonpositive="mask")
+    """Log y scale when some value is positive (non-positive points are masked), linear otherwise; within less than
+    two decades the 2x and 5x ticks are labelled too, so the axis always has a few numbers."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return
+    from matplotlib import ticker
+
+    ax.set_yscale("log", nonpositive="mask")
+    if max(positive) / min(positive) < 100:
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
 
 
 def _site_legend(ax: Any, n_sites: int) -> None:
@@ -171,11 +180,13 @@ def _site_legend(ax: Any, n_sites: int) -> None:
         ax.legend(fontsize="small", title="site", title_fontsize="small")
 
 
-def _site_colors(n: int) -> list[Any]:
+def _site_styles(n: int) -> list[dict[str, Any]]:
+    """Colour and line style per site: ten distinct colours, then the same colours dashed, dotted, ..."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+    cmap = colormaps["tab10"]
+    dashes = ["-", "--", ":", "-."]
+    return [{"color": cmap(i % 10), "ls": dashes[(i // 10) % len(dashes)]} for i in range(n)]
 
 
 def _plot_loss(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -210,19 +221,19 @@ def _plot_loss(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
             ax.plot(*projected, marker="o", ms=3, lw=1.2, color="C1", label="projected (θ=0)")
         if relaxed[0]:
             ax.plot(*relaxed, marker="o", ms=3, lw=1.2, color="C2", label="relaxed")
-        if test_projected[0]:
-            ax.scatter(*test_projected, marker="X", s=60, color="C1", edgecolor="k", zorder=4,
+        if test_projected[0]:  # drawn larger and above the relaxed marker: equal values stay visible
+            ax.scatter(*test_projected, marker="o", s=110, facecolor="none", edgecolor="C1", lw=2, zorder=5,
                        label="test, projected (θ=0)")
         if test_relaxed[0]:
-            ax.scatter(*test_relaxed, marker="X", s=60, color="C2", edgecolor="k", zorder=4, label="test, relaxed")
+            ax.scatter(*test_relaxed, marker="X", s=45, color="C2", edgecolor="k", zorder=4, label="test, relaxed")
         best = _best_eval(records)
         if best is not None:
             bx, by = float(best["step"]), float(best["val_projected"])
             ax.scatter([bx], [by], marker="*", s=200, color="gold", edgecolor="k", zorder=5,
                        label=f"best (step {int(bx)}: {by:.4g})")
         _log_y(ax, projected[1] + relaxed[1] + test_projected[1] + test_relaxed[1])
-        ax.set_title("Validation")
-        ax.set_ylabel("validation metric")
+        ax.set_title("Validation and test (the recipe's loss)")
+        ax.set_ylabel("loss")
         ax.legend(fontsize="small")
     axes[-1].set_xlabel("step")
     return _save(fig, path)
@@ -250,8 +261,8 @@ def _plot_theta(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         ax.set_title("Relaxation strength θ" + (" (from eval lines)" if source == "eval" else ""))
         ax.set_ylabel("θ")
     for ax, (key, title, series) in zip(axes[int(bool(theta[0])):], per_site):
-        for (site, (steps, values)), color in zip(series.items(), _site_colors(len(series))):
-            ax.plot(steps, values, marker="o", ms=3, lw=1.0, color=color, label=site)
+        for (site, (steps, values)), style in zip(series.items(), _site_styles(len(series))):
+            ax.plot(steps, values, marker="o", ms=3, lw=1.0, label=site, **style)
         ax.set_title(title)
         ax.set_ylabel(symbol(key))
         _site_legend(ax, len(series))
@@ -260,17 +271,22 @@ def _plot_theta(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
 
 
 def _plot_lie(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    lies = _site_series(_of_kind(records, "eval"), "lie")
+    """Per site, what its branch adds to the model's equivariance violation: θ times the data-free Lie-derivative
+    norm ``‖W dρ_in(A) − dρ_out(A) W‖_F`` summed over generators (0 once θ is 0: the projected model)."""
+    evals = _of_kind(records, "eval")
+    lies, thetas = _site_series(evals, "lie"), _site_series(evals, "theta")
     if not lies:
         return None
+    scaled = {site: (steps, [abs(t) * v for t, v in zip(thetas.get(site, (steps, [1.0] * len(values)))[1], values)])
+              for site, (steps, values) in lies.items()}
     fig, (ax,) = _new_figure(1, width=7.5 + (2.5 if len(lies) > _MANY_SITES else 0.0), height_per_row=4.0)
-    for (site, (steps, values)), color in zip(lies.items(), _site_colors(len(lies))):
-        ax.plot(steps, values, marker="o", ms=3, lw=1.0, color=color, label=site)
-    _log_y(ax, [v for _, values in lies.values() for v in values])
-    ax.set_title("Equivariance violation per site (Lie-derivative norm)")
+    for (site, (steps, values)), style in zip(scaled.items(), _site_styles(len(scaled))):
+        ax.plot(steps, values, marker="o", ms=3, lw=1.0, label=site, **style)
+    _log_y(ax, [v for _, values in scaled.values() for v in values])
+    ax.set_title("Equivariance violation per site: |θ|·‖W dρ_in(A) − dρ_out(A) W‖_F (0 at θ = 0)", fontsize="medium")
     ax.set_xlabel("step")
-    ax.set_ylabel("‖Lie derivative‖")
-    _site_legend(ax, len(lies))
+    ax.set_ylabel("|θ| · Lie-derivative norm")
+    _site_legend(ax, len(scaled))
     return _save(fig, path)
 
 
@@ -294,6 +310,45 @@ def write_plots(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
         if result is not None:
             written.append(result)
     return written
+
+
+def write_comparison(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike) -> Path:
+    """One PNG overlaying several runs (a relaxed run and its standard twin, say): per run the validation loss of
+    the projected model (solid) and of the relaxed model (dashed) against the step, its test result (a circle), and
+    the training task loss in a panel below. ``runs`` is ``[(label, records), ...]``.
+
+    Example:
+        >>> write_comparison([(d.name, MetricsLog.read(d / "metrics.jsonl")) for d in run_dirs], "compare.png")
+    """
+    fig, (val_ax, train_ax) = _new_figure(2, width=8.5)
+    fig.suptitle("Runs compared")
+    values: list[float] = []
+    train_values: list[float] = []
+    for (label, records), style in zip(runs, _site_styles(len(runs))):
+        color = style["color"]
+        evals, tests = _of_kind(records, "eval"), _of_kind(records, "test")
+        projected, relaxed = _series(evals, "val_projected"), _series(evals, "val_relaxed")
+        val_ax.plot(*projected, lw=1.4, marker="o", ms=3, color=color, label=f"{label}: projected (θ=0)")
+        if relaxed[0]:
+            val_ax.plot(*relaxed, lw=1.0, ls="--", color=color, alpha=0.8, label=f"{label}: relaxed")
+        test = _series(tests, "test_projected")
+        if test[0]:
+            val_ax.scatter(*test, marker="o", s=90, facecolor="none", edgecolor=color, lw=2, zorder=5,
+                           label=f"{label}: test {test[1][-1]:.4g}")
+        task = _series(_of_kind(records, "train"), "task")
+        train_ax.plot(*task, lw=1.0, color=color, label=label)
+        values += projected[1] + relaxed[1] + test[1]
+        train_values += task[1]
+    _log_y(val_ax, values)
+    _log_y(train_ax, train_values)
+    val_ax.set_title("Validation and test (the recipe's loss)")
+    val_ax.set_ylabel("loss")
+    val_ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    train_ax.set_title("Training task loss")
+    train_ax.set_ylabel("loss")
+    train_ax.set_xlabel("step")
+    train_ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(fig, Path(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@
 Each line is flushed and fsynced as it is appended, so a killed run loses at most the line being written, and
 :meth:`MetricsLog.read` skips such a truncated final line. When a run resumes from a checkpoint taken after line
 ``n``, :meth:`MetricsLog.truncate` drops the lines written after it. Lines are strict JSON: NaN and ±inf are written
-as ``null``.
+as ``null``, and the line's ``"null_reasons"`` says which numbers they were (:func:`strict_json`).
 
 Example:
     >>> log = MetricsLog(run_dir / "metrics.jsonl")
@@ -32,12 +32,14 @@ from typing import Any
 
 from .files import atomic_write
 
-__all__ = ["MetricsLog", "Record", "SITE_KEYS", "sanitize", "symbol"]
+__all__ = ["MetricsLog", "Record", "SITE_KEYS", "NULL_REASONS", "sanitize", "strict_json", "symbol"]
 
 Record = dict[str, Any]
 
 #: The per-site numbers of every relaxed run's eval lines; a learnt schedule adds its own beside them.
 SITE_KEYS = ("theta", "weight_norm", "lie", "discrete")
+#: The key under which strict JSON output says why a number is ``null`` (see :func:`strict_json`).
+NULL_REASONS = "null_reasons"
 
 
 def symbol(key: str) -> str:
@@ -51,25 +53,55 @@ def symbol(key: str) -> str:
     return key
 
 
-def sanitize(value: Any) -> Any:
-    """A JSON-safe copy of ``value``: NaN and ±inf become ``None``, 0-d numpy/torch scalars become Python numbers."""
+def sanitize(value: Any, reasons: dict[str, str] | None = None, _path: str = "") -> Any:
+    """A JSON-safe copy of ``value``: NaN and ±inf become ``None``, 0-d numpy/torch scalars become Python numbers.
+
+    With ``reasons``, each number replaced by ``None`` is recorded there: its ``/``-separated path (mapping keys and
+    list indices) -> why, e.g. ``{"sites/layers.0.tp/lie": "not finite: nan"}``.
+
+    Example:
+        >>> why = {}
+        >>> sanitize({"loss": float("nan"), "step": 3}, why), why
+        ({'loss': None, 'step': 3}, {'loss': 'not finite: nan'})
+    """
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return value
+        if reasons is not None:
+            reasons[_path] = f"not finite: {value}"
+        return None
     if isinstance(value, Mapping):
-        return {str(k): sanitize(v) for k, v in value.items()}
+        return {str(k): sanitize(v, reasons, f"{_path}/{k}" if _path else str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [sanitize(v) for v in value]
+        return [sanitize(v, reasons, f"{_path}/{i}" if _path else str(i)) for i, v in enumerate(value)]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     item = getattr(value, "item", None)  # numpy scalars, 0-d arrays and tensors
     if callable(item):
         try:
-            return sanitize(item())
+            return sanitize(item(), reasons, _path)
         except (TypeError, ValueError, RuntimeError):
             pass
-    raise TypeError(f"cannot write a {type(value).__name__} to the metrics log: {value!r}")
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON: {value!r}")
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """``value`` as strict JSON (never ``NaN`` or ``Infinity``, which no JSON parser has to accept): a number that is
+    not finite becomes ``null``, and when ``value`` is a mapping its ``"null_reasons"`` entry maps the path of each such
+    null to why (see :func:`sanitize`). ``kwargs`` go to :func:`json.dumps`.
+
+    Example:
+        >>> strict_json({"val_projected": float("inf"), "epoch": 2})
+        '{"val_projected": null, "epoch": 2, "null_reasons": {"val_projected": "not finite: inf"}}'
+    """
+    reasons: dict[str, str] = {}
+    clean = sanitize(value, reasons)
+    if reasons and isinstance(clean, dict):
+        known = clean.get(NULL_REASONS)
+        clean[NULL_REASONS] = {**(known if isinstance(known, dict) else {}), **reasons}
+    return json.dumps(clean, allow_nan=False, **kwargs)
 
 
 class MetricsLog:
@@ -85,8 +117,9 @@ class MetricsLog:
         self._repair_tail()
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Append ``record`` as one JSON line, flushed and fsynced; NaN and ±inf are written as ``null``."""
-        line = json.dumps(sanitize(record), allow_nan=False, ensure_ascii=False) + "\n"
+        """Append ``record`` as one JSON line, flushed and fsynced; NaN and ±inf are written as ``null``, with the
+        reason under ``"null_reasons"`` (see :func:`strict_json`)."""
+        line = strict_json(record, ensure_ascii=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()

@@ -8,25 +8,61 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.graph import RelaxedModel
-from ..errors import RelaxError
+from ..errors import RecipeError, RelaxError
 from ..recipe import Recipe
 from .batches import example_batch, to_device
 from .build import DTYPES, build_data
 
-__all__ = ["example_inputs", "symmetry_args", "default_tolerance"]
+__all__ = ["check_options", "example_inputs", "sample_count", "symmetry_args", "default_tolerance"]
+
+
+def check_options(*, trials: Any = None, samples: Any = None, tolerance: Any = None) -> None:
+    """Validate the options of a whole-model check (``--trials``, ``--samples``, ``--tolerance``; None: not given):
+    a :class:`~relaxcli.errors.RecipeError` (exit 2) naming every bad one, since a check that tries no group element
+    or sample, or accepts any error, verifies nothing."""
+    problems = []
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
+
+    if trials is not None and not positive_int(trials):
+        problems.append(f"--trials {trials}: expected a positive integer, the random group elements tried per case "
+                        "(e.g. --trials 3); with none the check would test nothing")
+    if samples is not None and not positive_int(samples):
+        problems.append(f"--samples {samples}: expected a positive integer, the validation samples the check runs "
+                        "on (e.g. --samples 16)")
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real)
+                                  or not math.isfinite(tolerance) or tolerance <= 0):
+        problems.append(f"--tolerance {tolerance}: expected a positive finite number, the largest relative "
+                        "equivariance error accepted (e.g. --tolerance 1e-5)")
+    if problems:
+        raise RecipeError(problems, source="the equivariance check's options")
 
 
 def example_inputs(recipe: Recipe, samples: int) -> Any:
     """The first ``samples`` validation inputs of the recipe's data (in the recipe's dtype), for equivariance checks."""
+    check_options(samples=samples)
     splits = build_data(recipe)
+    if len(splits.val) == 0:  # type: ignore[arg-type]
+        raise RelaxError(f"recipe '{recipe.name}' has an empty validation split, so there are no samples to check "
+                         "equivariance on; give the data at least one validation sample")
     inputs, _ = example_batch(splits.val, samples)
     return to_device(inputs, torch.device("cpu"), DTYPES[recipe.trainer.dtype])
+
+
+def sample_count(inputs: Any) -> int:
+    """The number of samples in a collated batch of inputs: the leading dimension of its first tensor."""
+    items = inputs if isinstance(inputs, (list, tuple)) else (inputs,)
+    first = next((x for x in items if torch.is_tensor(x)), None)
+    return int(first.shape[0]) if first is not None and first.dim() > 0 else 1
 
 
 def symmetry_args(recipe: Recipe, inputs: Any,

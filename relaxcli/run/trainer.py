@@ -9,10 +9,12 @@ at that checkpoint. A standard run (``relax: {enabled: false}``) runs the same l
 Under ``torchrun`` (see :mod:`relaxcli.run.distributed`) every process runs this loop on its share of each global
 batch with the model in ``DistributedDataParallel``; metrics are reduced over the processes, and only rank 0 writes.
 
-The run directory holds ``recipe.yaml`` (resolved, with the actual seed), ``metrics.jsonl``/``metrics.csv``,
-``plots/*.png``, ``checkpoints/{last,best}.safetensors`` and ``summary.json``. ``last`` also holds everything needed
-to resume (optimiser, lr scheduler, θ schedule, RNG, counters); resuming re-runs the epoch that was interrupted and
-ends with the same result as an uninterrupted run.
+The run directory (claimed, marked and locked by :mod:`.rundir`) holds ``recipe.yaml`` (resolved, with the actual
+seed), ``metrics.jsonl``/``metrics.csv``, ``plots/*.png``, ``checkpoints/{last,best}.safetensors`` and
+``summary.json`` (strict JSON: ``null`` and ``null_reasons`` where a number is not finite). ``last`` also holds
+everything needed to resume (optimiser, lr scheduler, θ schedule, RNG, counters); resuming re-runs the epoch that was
+interrupted and ends with the same result as an uninterrupted run. A validation or test metric that is not finite is
+an error naming the split and its non-finite items.
 
 Example:
     >>> trainer = Trainer(load_recipe("recipes/nbody_relaxed.yaml"), Path("runs/nbody"))
@@ -21,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -40,12 +41,13 @@ from .checkpoint import Checkpoint, load_checkpoint, load_user_state, save_relax
 from .distributed import GlobalBatches, current, shard, wrap
 from .evaluation import METRICS
 from .files import atomic_write
-from .progress import Progress
+from .preflight import call_loss, check_components, check_run, check_scheduler
+from .progress import Mode, Progress
 from .relaxation import Relaxation
 from .reports import write_csv, write_plots
-from .runlog import MetricsLog, sanitize
+from .runlog import MetricsLog, strict_json
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "check_checkpoints", "remove_leftovers"]
 
 
 class Trainer:
@@ -55,7 +57,8 @@ class Trainer:
         recipe: a validated recipe; a null ``seed`` is drawn here and recorded in ``run_dir/recipe.yaml``.
         run_dir: the run directory.
         resume: continue from ``run_dir/checkpoints/last.safetensors``.
-        progress: show a live progress display on stderr (default: only when stderr is a terminal).
+        progress: False: show nothing; otherwise a live progress bar on stderr when it is a terminal, plain log lines
+            (every ``log_every`` steps and every evaluation) when it is not.
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, progress: bool | None = None) -> None:
@@ -63,7 +66,10 @@ class Trainer:
         if recipe.seed is None:
             recipe.seed = self.dist.broadcast(random.SystemRandom().randrange(2**31))
         self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
-        self.show_progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
+        if not resume and self.dist.is_main:  # first of all, so that a run killed at any moment can be resumed
+            atomic_write(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
+        live = sys.stderr.isatty()  # a live bar on a terminal, plain log lines elsewhere; none on other ranks
+        self.progress_mode: Mode = "off" if progress is False or not self.dist.is_main else "live" if live else "plain"
         cfg = recipe.trainer
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
@@ -76,6 +82,7 @@ class Trainer:
         torch.manual_seed(recipe.seed)
         self.model = build_model(recipe)
         self.splits = build_data(recipe)
+        check_run(recipe, self.model, self.splits)  # empty splits, batch_size, classes, symmetry.inputs
         batches = self._batches(0)
         self.steps_per_epoch, self.dropped_items = len(batches), batches.dropped
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -85,8 +92,11 @@ class Trainer:
         self.net = self.relaxation.net.to(self.device)
         self.loss_fn = instantiate(recipe.loss)
         self.optimizer = instantiate(recipe.optimizer, self.relaxation.param_groups())
+        check_components(recipe, self.loss_fn, self.optimizer)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scheduler = instantiate(recipe.scheduler, self.optimizer) if recipe.scheduler is not None else None
+        if recipe.scheduler is not None:
+            check_scheduler(recipe, self.optimizer, self.scheduler)  # a scheduler at all, and a trial run of it
 
         self.epoch, self.step = 0, 0
         self.best_val, self.best_epoch = math.inf, -1
@@ -97,8 +107,6 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         if resume:
             self._restore(self.ckpt_dir / "last.safetensors")
-        elif self.dist.is_main:
-            atomic_write(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
         self.log: MetricsLog | _NoLog = MetricsLog(self.metrics_path) if self.dist.is_main else _NoLog()
         self.train_net = wrap(self.net, self.device, self.dist)  # DistributedDataParallel under torchrun
         self._start_time = time.time()
@@ -112,7 +120,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the end, evaluate the test split at the best checkpoint, write plots and ``summary.json``."""
         cfg = self.recipe.trainer
-        with Progress(self.show_progress, self.total_steps, cfg.epochs, self.recipe.name) as progress:
+        with Progress(self.progress_mode, self.total_steps, cfg.epochs, self.recipe.name) as progress:
             while self.epoch < cfg.epochs and self.step < self.total_steps:
                 self._train_epoch(progress)
                 self.epoch += 1  # from here on, self.epoch counts the completed epochs
@@ -129,7 +137,7 @@ class Trainer:
             records = MetricsLog.read(self.metrics_path)
             write_csv(records, self.run_dir / "metrics.csv")
             write_plots(records, self.run_dir / "plots")
-            atomic_write(self.run_dir / "summary.json", json.dumps(sanitize(summary), indent=2) + "\n")
+            atomic_write(self.run_dir / "summary.json", strict_json(summary, indent=2) + "\n")
         self.dist.barrier()
         return summary
 
@@ -157,6 +165,8 @@ class Trainer:
             self.step += 1
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 mean = {k: v / count for k, v in window.items()}
+                if "theta" in record:  # θ as set at this step (a window mean would hide its peak and its final 0)
+                    mean["theta"] = record["theta"]
                 self.log.append({"kind": "train", "step": self.step, "epoch": self.epoch + 1, **mean,
                                  "lr": self.optimizer.param_groups[0]["lr"],
                                  "time": round(time.time() - self._start_time, 3)})
@@ -171,7 +181,7 @@ class Trainer:
         # batch makes that average the gradient of the global batch's mean loss
         share = target.shape[0] / (global_size or target.shape[0])
         self.relaxation.before_step(self.step)
-        task = self.loss_fn(call_model(self.train_net, inputs), target)
+        task = call_loss(self.recipe, self.loss_fn, call_model(self.train_net, inputs), target)  # names a bad loss
         reg, record = self.relaxation.regularize()
         data_loss = task + reg
         penalty = self.relaxation.penalty()  # a learnt schedule's own terms: the same on every process, not scaled
@@ -216,7 +226,12 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str, projected: bool = True) -> float:
         """Mean loss over a split, of the projected model (θ = 0) or of the relaxed model. The extra metrics of
-        ``trainer.metrics`` (e.g. accuracy) from the same pass are kept in ``self.extra_metrics``."""
+        ``trainer.metrics`` (e.g. accuracy) from the same pass are kept in ``self.extra_metrics``.
+
+        Raises:
+            RelaxError: the loss or a metric is not finite; the message names the split and how many of its items
+                have a non-finite target, input or output.
+        """
         dataset = getattr(self.splits, split)
         if self.dist.enabled:  # each process evaluates every world-th item; the sums are reduced below
             dataset = Subset(dataset, shard(len(dataset), self.dist))
@@ -224,7 +239,8 @@ class Trainer:
         loader = DataLoader(dataset, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
                             num_workers=cfg.num_workers)
         self.net.eval()
-        sums = torch.zeros(2 + len(cfg.metrics), dtype=torch.float64)  # loss·n, n, then each metric·n
+        # loss·n, n, items with a non-finite target, input, output, then each metric·n
+        sums = torch.zeros(5 + len(cfg.metrics), dtype=torch.float64)
         try:
             for batch in loader:
                 inputs, target = to_device(split_batch(batch), self.device, self.dtype)
@@ -236,16 +252,40 @@ class Trainer:
                 size = target.shape[0]
                 sums[0] += float(self.loss_fn(out, target)) * size
                 sums[1] += size
+                for k, value in enumerate((target, inputs, out)):
+                    sums[2 + k] += float(_nonfinite_items(value, size).sum())
                 for k, name in enumerate(cfg.metrics):
-                    sums[2 + k] += float(METRICS[name](out, target)) * size
+                    sums[5 + k] += float(METRICS[name](out, target)) * size
         finally:
             self.net.train()
             self.relaxation.release()
         sums = self.dist.all_reduce_sum(sums)
         n = max(float(sums[1]), 1.0)
         kind = "projected" if projected else "relaxed"
-        self.extra_metrics = {f"{split}_{kind}_{name}": float(sums[2 + k]) / n for k, name in enumerate(cfg.metrics)}
-        return float(sums[0]) / n
+        self.extra_metrics = {f"{split}_{kind}_{name}": float(sums[5 + k]) / n for k, name in enumerate(cfg.metrics)}
+        loss = float(sums[0]) / n
+        if sums[2:5].any() or not all(map(math.isfinite, [loss, *self.extra_metrics.values()])):
+            raise RelaxError(self._nonfinite_message(split, kind, int(sums[1]), [int(c) for c in sums[2:5]]))
+        return loss
+
+    def _nonfinite_message(self, split: str, kind: str, n: int, counts: list[int]) -> str:
+        """Why an evaluation of ``split`` is not finite: ``counts`` of its ``n`` items with a non-finite target,
+        input and output."""
+        name = {"val": "validation"}.get(split, split)
+        targets, inputs, outputs = counts
+        where = f"at epoch {self.epoch} (step {self.step})" if split == "val" else "at the best checkpoint"
+        if targets or inputs:
+            found = " and ".join(f"{c} of {n} items with a non-finite {what} (NaN or inf)"
+                                 for c, what in ((targets, "target"), (inputs, "input")) if c)
+            return (f"the {name} split has {found}, so its loss and metrics are not numbers; fix or drop those items "
+                    f"in the data (data: {self.recipe.data.target}).")
+        if outputs:
+            return (f"the {kind} model gives non-finite outputs (NaN or inf) on {outputs} of {n} {name} items {where}, "
+                    "although their inputs and targets are finite: the training diverged. Lower the learning rate, "
+                    "set trainer.grad_clip, or lower relax.theta.max.")
+        return (f"the {kind} model's {name} loss or metrics are not finite {where} although all {n} {name} items and "
+                "outputs are: the values overflow. Check the loss and trainer.metrics for this data (or use "
+                "trainer.dtype: float64).")
 
     def _evaluate_and_keep_best(self) -> None:
         val_projected = self.evaluate("val", projected=True)
@@ -269,7 +309,7 @@ class Trainer:
     def _test(self) -> dict[str, Any]:
         self.dist.barrier()  # rank 0 has written the checkpoints that every process reads back
         best = self.ckpt_dir / "best.safetensors"
-        ckpt = load_checkpoint(best)
+        ckpt = load_checkpoint(best, recipe=self.recipe)  # the run's own recipe: the stored one is not read
         self._load_weights(ckpt)
         extra: dict[str, float] = {}
         test_projected = test_relaxed = None
@@ -285,7 +325,7 @@ class Trainer:
         kept: dict[str, Any] = {}
         if self.relaxation.keeps_relaxation:  # the relaxed model at its own best (γ kept) is a deliverable too
             path = self.ckpt_dir / "best_relaxed.safetensors"
-            ckpt = load_checkpoint(path)
+            ckpt = load_checkpoint(path, recipe=self.recipe)
             self._load_weights(ckpt)
             kept = {"best_relaxed_epoch": int(ckpt.json("epoch")), "val_relaxed": self.best_relaxed_val,
                     "test_relaxed_kept": self.evaluate("test", False) if self.splits.test is not None else None}
@@ -320,11 +360,14 @@ class Trainer:
         self.relaxation.load_branch_state(ckpt.branch_state())
 
     def _restore(self, path: Path) -> None:
+        check_checkpoints(self.run_dir, self.recipe)  # a damaged checkpoint stops here, before anything is changed
+        if self.dist.is_main:
+            remove_leftovers(self.run_dir)
         if not path.exists():  # killed before the first checkpoint: start again from the recorded seed
             if self.dist.is_main:
                 MetricsLog.truncate(self.metrics_path, 0)
             return
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, recipe=self.recipe)
         skeleton = ckpt.json("trainer_state")
         if skeleton is None:
             raise RelaxError(f"{path} holds no trainer state; only checkpoints/last.safetensors can be resumed")
@@ -341,6 +384,38 @@ class Trainer:
         self.epoch, self.step = int(ckpt.json("epoch")), int(ckpt.json("step"))
         if self.dist.is_main:
             MetricsLog.truncate(self.metrics_path, state["metrics_lines"])
+
+
+def check_checkpoints(run_dir: Path, recipe: Recipe) -> None:
+    """Read the checkpoints that resuming ``run_dir`` uses (``last``, ``best``, ``best_relaxed``), verifying their
+    content hashes: a damaged one raises :class:`RelaxError` saying so. Reads only, so a refused ``--resume`` leaves
+    the run directory as it was; the stored recipes are not read (``recipe`` is the run's)."""
+    for name in ("last", "best", "best_relaxed"):
+        path = run_dir / "checkpoints" / f"{name}.safetensors"
+        if path.exists():
+            load_checkpoint(path, recipe=recipe)
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Remove the temporary files of writes that a kill interrupted (``checkpoints/.last.safetensors.<x>.tmp``, the
+    same beside ``recipe.yaml``, the metrics and the plots); they are never read. Returns what was removed."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "plots"):
+        for leftover in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+            if leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink(missing_ok=True)
+                removed.append(leftover)
+    return removed
+
+
+def _nonfinite_items(value: Any, size: int) -> torch.Tensor:
+    """Which of the ``size`` items of a batch (a tensor, or a tuple/list/dict of them) hold a NaN or inf."""
+    bad = torch.zeros(size, dtype=torch.bool)
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    for x in parts:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() > 0 and x.shape[0] == size:
+            bad |= (~torch.isfinite(x.detach())).reshape(size, -1).any(dim=1).cpu()
+    return bad
 
 
 class _NoLog:

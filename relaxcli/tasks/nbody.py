@@ -278,6 +278,9 @@ class NBodyData:
             (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) if cache else None
         )
         self.sizes = {"train": int(train), "val": int(val), "test": int(test)}
+        for split, size in self.sizes.items():
+            if size < 0:
+                raise ValueError(f"{split} must be >= 0, got {size}")
         self.sources: dict[str, str] = {}
         self.cache_paths: dict[str, Path | None] = {}
         self.splits: dict[str, NBodySplit] = {name: self._load(name) for name in SPLITS}
@@ -410,6 +413,10 @@ class SEGNN(nn.Module):
 
     def __init__(self, hidden_irreps: str = "16x0e+16x1o", num_layers: int = 4, lmax_attr: int = 1) -> None:
         super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if lmax_attr < 0:
+            raise ValueError(f"lmax_attr must be >= 0, got {lmax_attr}")
         self.hidden_irreps = o3.Irreps(hidden_irreps)
         self.irreps_in = o3.Irreps("2x0e+2x1o")
         self.irreps_attr = o3.Irreps.spherical_harmonics(lmax_attr)

@@ -416,6 +416,9 @@ class PointCloudData:
             (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) if cache else None
         )
         self.sizes = {"train": int(train), "val": int(val), "test": int(test)}
+        for split, size in self.sizes.items():
+            if size < 0:
+                raise ValueError(f"{split} must be >= 0, got {size}")
         self.sources: dict[str, str] = {}
         self.cache_paths: dict[str, Path | None] = {}
         self.splits: dict[str, PointCloudSplit] = {name: self._load(name) for name in SPLITS}

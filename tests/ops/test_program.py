@@ -45,7 +45,10 @@ def test_pt2_model_trained_and_projected_without_source(tmp_path: Path, relax_cl
     proc = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     assert "relaxed 7 sites" in proc.stderr  # the sites recorded in the .pt2, found by path in the program
     best = tmp_path / "run" / "checkpoints" / "best.safetensors"
-    proc = relax_cli("project", best, cwd=tmp_path)
+    # the stored recipe names a .pt2, which torch.export.load can run code from: reading it takes --trust-recipe
+    refused = relax_cli("project", best, cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "relaxcli.ops.program.load_program" in refused.stderr
+    proc = relax_cli("project", best, "--trust-recipe", cwd=tmp_path)
     assert "projected model is equivariant" in proc.stdout and "best.projected.pt2" in proc.stdout
 
     # the projected weights carry the original parameter names: they load strictly into the user's class
@@ -60,7 +63,7 @@ def test_pt2_model_trained_and_projected_without_source(tmp_path: Path, relax_cl
     assert_equivariant(program)
 
     # a second projection does not overwrite the program silently
-    again = relax_cli("project", best, cwd=tmp_path, check=False)
+    again = relax_cli("project", best, "--trust-recipe", cwd=tmp_path, check=False)
     assert again.returncode == 1 and "already exists" in again.stderr
 
 

@@ -119,13 +119,13 @@ def test_recipe_registered_layers_relaxed_end_to_end(user_package: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert "relaxed 3 sites" in proc.stderr  # lin1, lin2 (IrrepsDense) and mix (VectorMix)
     ckpt = tmp / "run" / "checkpoints" / "best.safetensors"
-    report = json.loads(run("inspect", ckpt, "--json", cwd=tmp).stdout)
+    report = json.loads(run("inspect", ckpt, "--json", "--trust-recipe", cwd=tmp).stdout)  # the user's own classes
     sites = {s["path"]: s for s in report["sites"]}
     assert sorted(sites) == ["lin1", "lin2", "mix"]
     assert sites["lin1"]["rep_in"].startswith("1x0e+2x1o") and sites["mix"]["rep_out"] == "1x3 (VN)"
     assert report["equivariance"]["relaxed"]["relative"] > 1e-4  # the branches really act
 
-    proc = run("project", ckpt, "-o", "projected.safetensors", cwd=tmp)
+    proc = run("project", ckpt, "-o", "projected.safetensors", "--trust-recipe", cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     import userlayers  # the user's class, fresh
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from conftest import read_json
 
 from relaxcli.run.checkpoint import load_checkpoint
 from relaxcli.tasks import SEGNN
@@ -42,7 +43,7 @@ def test_a_previous_release_checkpoint_projects_inspects_and_resumes(tmp_path: P
 
     proc = relax_cli("train", "--resume", run, cwd=tmp_path)  # the fixture's recipe.yaml asks for one more epoch
     assert "resuming" in proc.stderr and "best epoch" in proc.stdout
-    summary = json.loads((run / "summary.json").read_text())
+    summary = read_json(run / "summary.json")
     assert summary["steps"] == 6 and summary["name"] == "legacy"
     last = load_checkpoint(run / "checkpoints" / "last.safetensors")
     assert last.json("epoch") == 3 and json.loads(last.metadata["recipe"])["model"]["_component_"] == \

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import RELAX, TORCHRUN, run_relax
+from conftest import RELAX, TORCHRUN, read_json, run_relax
 
 from relaxcli.run.checkpoint import load_checkpoint
 
@@ -60,7 +60,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path: Path, nbody_recipe: 
     proc = launch(["train", str(path), "--run-dir", "ddp"], tmp_path, torchrun=True)
     assert proc.stdout.count("best epoch") == 2  # the summary is printed once, by rank 0 (+ the γ-kept line)
     assert_same_run(tmp_path / "single", tmp_path / "ddp")
-    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("single", "ddp"))
+    a, b = (read_json(tmp_path / d / "summary.json") for d in ("single", "ddp"))
     assert b["test_relaxed_kept"] == pytest.approx(a["test_relaxed_kept"], rel=1e-9)
     listing = lambda d: sorted(p.name for p in (tmp_path / d).iterdir())  # noqa: E731
     assert listing("ddp") == listing("single")

@@ -64,9 +64,11 @@ def test_append_read_round_trip_with_non_finite_as_null(tmp_path: Path) -> None:
     assert len(lines) == 2
     assert "NaN" not in lines[0] and "Infinity" not in lines[0]
     records = MetricsLog.read(path)
-    assert records == [
-        {"kind": "train", "step": 0, "loss": None, "task": 1.5, "theta": None, "reg": None},
-        {"kind": "eval", "step": 1, "val_projected": 0.25, "best": True, "sites": {"a.b": {"lie": None, "theta": 0.5}}},
+    assert records == [  # each null that was a number says why
+        {"kind": "train", "step": 0, "loss": None, "task": 1.5, "theta": None, "reg": None,
+         "null_reasons": {"loss": "not finite: nan", "theta": "not finite: inf"}},
+        {"kind": "eval", "step": 1, "val_projected": 0.25, "best": True, "sites": {"a.b": {"lie": None, "theta": 0.5}},
+         "null_reasons": {"sites/a.b/lie": "not finite: -inf"}},
     ]
     assert MetricsLog.count_lines(path) == 2
     assert MetricsLog.read(tmp_path / "missing.jsonl") == []
@@ -77,7 +79,8 @@ def test_numpy_and_torch_scalars_are_written_as_numbers(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     log = MetricsLog(tmp_path / "m.jsonl")
     log.append({"a": np.float32(0.5), "b": torch.tensor(2.0), "c": np.float64("nan"), "d": np.int64(3)})
-    assert MetricsLog.read(log.path) == [{"a": 0.5, "b": 2.0, "c": None, "d": 3}]
+    assert MetricsLog.read(log.path) == [{"a": 0.5, "b": 2.0, "c": None, "d": 3,
+                                          "null_reasons": {"c": "not finite: nan"}}]
 
 
 def test_truncated_last_line_is_skipped_and_repaired_on_reopen(tmp_path: Path) -> None:

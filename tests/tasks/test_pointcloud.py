@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import read_json
 from torch.utils.data import DataLoader
 
 import relaxcli
@@ -253,7 +253,7 @@ def test_one_epoch_train_and_project(tmp_path: Path) -> None:
     proc = subprocess.run([*relax, "train", str(RECIPES / "pointcloud_relaxed.yaml"), *overrides, "--run-dir",
                            str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["relaxed"] and np.isfinite(summary["test_projected"]) and summary["steps"] == 2
     assert any((tmp_path / "cache").glob("pointcloud-train-*.npz"))
     assert f"test accuracy (projected) {summary['test_projected_accuracy']:.4g}" in proc.stdout

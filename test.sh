@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up (once) and run the checks and the tests: ruff, mypy, pytest (what CI runs, through .ci/run).
+# Usage: ./test.sh [PYTEST ARGS ...]   e.g. ./test.sh tests/core -x
+#        ./test.sh --escnn             the escnn tests, in their own environment (.venv-escnn, numpy<2)
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/venv.sh
+if [ "${1:-}" = "--escnn" ]; then
+  shift
+  ensure_venv .venv-escnn dev,escnn
+  python -c "import escnn" 2>/dev/null || python -m pip install --quiet --no-deps escnn==1.0.11
+  python -m pytest -q tests/ops/test_escnn.py "$@"
+  exit
+fi
+ensure_venv .venv dev
+ruff check .
+ruff format --check .
+mypy
+python -m pytest -q "$@"

@@ -1,0 +1,31 @@
+"""What ``relax train`` shows while training: plain log lines off a terminal, with real numbers and the last epoch
+shown against the total."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def test_off_a_terminal_train_logs_plain_lines_with_real_losses(tmp_path: Path, relax_cli: Callable[..., Any],
+                                                                nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe(epochs=3, train=40, trainer={"log_every": 2})  # 4 steps per epoch, 12 in all
+    proc = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)  # stderr is a pipe here
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("step ")]
+    steps = [int(re.match(r"step (\d+)/12", ln).group(1)) for ln in lines]  # type: ignore[union-attr]
+    assert sorted(set(steps)) == [2, 4, 6, 8, 10, 12]  # every log_every steps (and again at evaluations)
+    losses = [float(m.group(1)) for ln in lines if (m := re.search(r"loss (\S+)", ln))]
+    assert losses and all(x == x and x > 0 for x in losses)  # real numbers, never nan
+    assert "nan" not in proc.stderr
+    evals = [ln for ln in lines if "val(θ=0)" in ln]
+    assert len(evals) >= 3 and "epoch 3/3" in lines[-1]  # every evaluation, and the last epoch against the total
+    assert "epoch 4/3" not in proc.stderr
+
+
+def test_no_progress_is_silent(tmp_path: Path, relax_cli: Callable[..., Any],
+                               nbody_recipe: Callable[..., Path]) -> None:
+    recipe = nbody_recipe(epochs=1)
+    proc = relax_cli("train", recipe, "--run-dir", "run", "--no-progress", cwd=tmp_path)
+    assert not [ln for ln in proc.stderr.splitlines() if ln.startswith("step ")]
