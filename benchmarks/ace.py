@@ -25,8 +25,12 @@ from relaxcli.recipe import load_recipe
 from relaxcli.run.trainer import Trainer
 
 RECIPES = Path(__file__).resolve().parent.parent / "relaxcli" / "recipes"
-METHODS = {"standard": "nbody_standard", "triangle": "nbody_relaxed", "ace": "nbody_ace",
-           "ace_elastic": "nbody_elastic"}
+METHODS = {
+    "standard": "nbody_standard",
+    "triangle": "nbody_relaxed",
+    "ace": "nbody_ace",
+    "ace_elastic": "nbody_elastic",
+}
 FIELDS = (0.0, 0.2)
 
 
@@ -51,8 +55,10 @@ def _stat(values: list[float]) -> str:
 
 def table(out: Path) -> str:
     rows = list(_done(out).values())
-    lines = ["| E | method | seeds | projected test MSE | relaxed test MSE, γ kept | final mean |γ| | minutes/run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| E | method | seeds | projected test MSE | relaxed test MSE, γ kept | final mean |γ| | minutes/run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for f in FIELDS:
         for m in METHODS:
             rs = [r for r in rows if r["field"] == f and r["method"] == m]
@@ -60,8 +66,10 @@ def table(out: Path) -> str:
                 continue
             kept = [r["test_relaxed_kept"] for r in rs if r.get("test_relaxed_kept") is not None]
             gam = [r["final_abs_gamma"] for r in rs if r.get("final_abs_gamma") is not None]
-            lines.append(f"| {f} | {m} | {len(rs)} | {_stat([r['test_projected'] for r in rs])} | {_stat(kept)} | "
-                         f"{_stat(gam) if gam else '-'} | {statistics.mean(r['seconds'] for r in rs) / 60:.1f} |")
+            lines.append(
+                f"| {f} | {m} | {len(rs)} | {_stat([r['test_projected'] for r in rs])} | {_stat(kept)} | "
+                f"{_stat(gam) if gam else '-'} | {statistics.mean(r['seconds'] for r in rs) / 60:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -94,13 +102,22 @@ def main() -> None:
         trainer = Trainer(recipe, run_dir, progress=False)
         summary = trainer.fit()
         gammas = [abs(float(b.theta)) for b in trainer.relaxed.branches.values()] if trainer.relaxed else None
-        row = {"field": field, "method": method, "seed": seed, "overrides": overrides,
-               "test_projected": summary["test_projected"], "val_projected": summary["val_projected"],
-               "test_relaxed": summary["test_relaxed"], "test_relaxed_kept": summary.get("test_relaxed_kept"),
-               "best_epoch": summary["best_epoch"], "steps": summary["steps"],
-               "final_abs_gamma": sum(gammas) / len(gammas) if gammas else None,
-               "seconds": round(time.time() - start, 1), "torch": torch.__version__,
-               "threads": torch.get_num_threads()}
+        row = {
+            "field": field,
+            "method": method,
+            "seed": seed,
+            "overrides": overrides,
+            "test_projected": summary["test_projected"],
+            "val_projected": summary["val_projected"],
+            "test_relaxed": summary["test_relaxed"],
+            "test_relaxed_kept": summary.get("test_relaxed_kept"),
+            "best_epoch": summary["best_epoch"],
+            "steps": summary["steps"],
+            "final_abs_gamma": sum(gammas) / len(gammas) if gammas else None,
+            "seconds": round(time.time() - start, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")

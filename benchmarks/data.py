@@ -49,24 +49,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         ("nbody 3000/2000/2000", NBodyData, {"train": 3000, "val": 2000, "test": 2000}),
         ("nbody 3000/2000/2000, field 0.2", NBodyData, {"train": 3000, "val": 2000, "test": 2000, "field": 0.2}),
         ("nbody 200/500/500 (recipes)", NBodyData, {"train": 200, "val": 500, "test": 500}),
-        ("pointcloud 1024/512/512 x 256 (recipes)", PointCloudData,
-         {"train": 1024, "val": 512, "test": 512, "num_points": 256}),
+        (
+            "pointcloud 1024/512/512 x 256 (recipes)",
+            PointCloudData,
+            {"train": 1024, "val": 512, "test": 512, "num_points": 256},
+        ),
     ]
     print(f"# command: {shlex.join(['python', 'benchmarks/data.py', *(argv or sys.argv[1:])])}")
-    print(f"# date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; numpy {np.__version__}; "
-          f"torch {torch.__version__}; relaxcli {relaxcli.__version__}; python {platform.python_version()}")
+    print(
+        f"# date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; numpy {np.__version__}; "
+        f"torch {torch.__version__}; relaxcli {relaxcli.__version__}; python {platform.python_version()}"
+    )
     print(f"{'dataset':<42} {'generate min s':>14} {'median s':>9} {'cache read s':>19}")
     rows = []
     for name, cls, kw in configs:
-        gen = timed(lambda: cls(**kw, cache=False), args.repeats)
+        gen = timed(lambda: cls(**kw, cache=False), args.repeats)  # noqa: B023  (called at once)
         with tempfile.TemporaryDirectory(prefix="relax-data-") as tmp:
             cls(**kw, cache_dir=tmp)  # simulate and write
             t0 = time.perf_counter()
             loaded = cls(**kw, cache_dir=tmp)
             read = time.perf_counter() - t0
             assert set(loaded.sources.values()) == {"cache"}, loaded.sources
-        row = {"dataset": name, "params": kw, "generate_s": gen, "min_s": min(gen),
-               "median_s": statistics.median(gen), "cache_read_s": read}
+        row = {
+            "dataset": name,
+            "params": kw,
+            "generate_s": gen,
+            "min_s": min(gen),
+            "median_s": statistics.median(gen),
+            "cache_read_s": read,
+        }
         rows.append(row)
         print(f"{name:<42} {row['min_s']:>14.2f} {row['median_s']:>9.2f} {read:>19.3f}", flush=True)
     if args.json:

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 import relaxcli
+from relaxcli.recipe import Recipe
 from relaxcli.run.build import restore
 from relaxcli.run.checkpoint import load_checkpoint
 from relaxcli.run.symmetry import example_inputs, symmetry_args
-from relaxcli.recipe import Recipe
 from relaxcli.testing import equivariance_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +69,12 @@ def measure(recipe_name: str, dtype: str, args: argparse.Namespace, work: Path) 
     relax_cli("project", str(best), "-o", str(projected_path))
 
     recipe, model, _ = restore(load_checkpoint(projected_path))  # strict load into the user's class
-    row: dict[str, Any] = {"recipe": recipe_name, "dtype": dtype, "model": recipe.model.target,
-                           "projected": error(model, recipe, args.samples, args.trials)}
+    row: dict[str, Any] = {
+        "recipe": recipe_name,
+        "dtype": dtype,
+        "model": recipe.model.target,
+        "projected": error(model, recipe, args.samples, args.trials),
+    }
     _, _, relaxed = restore(load_checkpoint(best))
     assert relaxed is not None
     relaxed.set_theta(1.0)
@@ -98,8 +102,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     print(f"# command: {shlex.join(['python', 'benchmarks/exactness.py', *(argv or sys.argv[1:])])}")
-    print(f"# date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; torch {torch.__version__}; "
-          f"relaxcli {relaxcli.__version__}; python {platform.python_version()}")
+    print(
+        f"# date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; torch {torch.__version__}; "
+        f"relaxcli {relaxcli.__version__}; python {platform.python_version()}"
+    )
     print(f"{'recipe':<20} {'dtype':<8} {'projected':>10} {'floor':>7} {'relaxed θ=1':>12} {'γ kept':>10}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="relax-exactness-") as tmp:
@@ -109,8 +115,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 rows.append(r)
                 kept = f"{r['relaxed_gamma_kept']:.2e}" if "relaxed_gamma_kept" in r else "-"
                 flag = "" if r["meets_floor"] else "  ABOVE FLOOR"
-                print(f"{name:<20} {dtype:<8} {r['projected']:>10.2e} {r['floor']:>7.0e} "
-                      f"{r['relaxed_theta1']:>12.2e} {kept:>10}{flag}", flush=True)
+                print(
+                    f"{name:<20} {dtype:<8} {r['projected']:>10.2e} {r['floor']:>7.0e} "
+                    f"{r['relaxed_theta1']:>12.2e} {kept:>10}{flag}",
+                    flush=True,
+                )
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": argv or sys.argv[1:], "rows": rows}, indent=2))
     return rows

@@ -53,6 +53,7 @@ from torch import nn
 import relaxcli
 from relaxcli.tasks import SEGNN, VNPointNet
 
+
 @dataclass
 class Case:
     """One benchmark case: a model factory, its (fixed) inputs and target, and the task loss."""
@@ -97,8 +98,7 @@ def vn_case(device: torch.device, seed: int) -> Case:
 
 
 def grid_case(device: torch.device, seed: int) -> Case:
-    from relaxcli.tasks import AllenCahnData
-    from relaxcli.tasks import SteerableCNN
+    from relaxcli.tasks import AllenCahnData, SteerableCNN
 
     data = AllenCahnData(train=16, val=1, test=1, size=32, seed=seed)
     return Case(
@@ -123,8 +123,18 @@ def _sync(device: torch.device) -> None:
 class Runner:
     """One variant (standard or relaxed) of one case, with its own model copy and optimiser."""
 
-    def __init__(self, case: Case, model: nn.Module, relaxed: bool, total_steps: int, rows: int | None,
-                 source: str, device: torch.device, lr: float = 1e-3, fuse: bool = True) -> None:
+    def __init__(
+        self,
+        case: Case,
+        model: nn.Module,
+        relaxed: bool,
+        total_steps: int,
+        rows: int | None,
+        source: str,
+        device: torch.device,
+        lr: float = 1e-3,
+        fuse: bool = True,
+    ) -> None:
         self.case, self.device, self.is_relaxed = case, device, relaxed
         self.step_index = 0
         if relaxed:
@@ -212,7 +222,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
     n_branch = sum(p.numel() for p in relaxed.branch_parameters())
 
     for i in range(warmup):  # warm-up, interleaved as well
-        for r in ((a, b) if i % 2 == 0 else (b, a)):
+        for r in (a, b) if i % 2 == 0 else (b, a):
             r.step()
     ta: list[float] = []
     tb: list[float] = []
@@ -279,24 +289,39 @@ def cpu_model() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["nbody", "vn", "grid", "all"], default="all",
-                   help="all: nbody and vn; grid (escnn C4 steerable CNN) needs the escnn extra")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        choices=["nbody", "vn", "grid", "all"],
+        default="all",
+        help="all: nbody and vn; grid (escnn C4 steerable CNN) needs the escnn extra",
+    )
     p.add_argument("--widths", type=int, nargs="+", default=[16, 32], help="N-body hidden widths (default 16 32)")
     p.add_argument("--steps", type=int, default=100, help="measured steps per variant (default 100)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default max(3, steps/10))")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for the whole run (default 1)")
-    p.add_argument("--rows", default="default",
-                   help="rows= of the Regularizer (an int, or 'none' for all rows; default: the Regularizer's)")
+    p.add_argument(
+        "--rows",
+        default="default",
+        help="rows= of the Regularizer (an int, or 'none' for all rows; default: the Regularizer's)",
+    )
     p.add_argument("--source", choices=["data", "weight"], default="data", help="Regularizer source (default data)")
     p.add_argument("--repeats", type=int, default=5, help="chunks for the min-of-medians estimate (default 5)")
     p.add_argument("--breakdown", action="store_true", help="also time forward / regulariser / backward / optimiser")
-    p.add_argument("--no-fuse", action="store_true",
-                   help="run each op and its branch separately (relax(fuse=False)) instead of as one product")
-    p.add_argument("--malloc", choices=["pinned", "default"], default="pinned",
-                   help="pinned (default): fix glibc's mmap/trim thresholds for steady, comparable step times; "
-                        "default: leave the allocator alone")
+    p.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="run each op and its branch separately (relax(fuse=False)) instead of as one product",
+    )
+    p.add_argument(
+        "--malloc",
+        choices=["pinned", "default"],
+        default="pinned",
+        help="pinned (default): fix glibc's mmap/trim thresholds for steady, comparable step times; "
+        "default: leave the allocator alone",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -342,29 +367,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for k in ("command", "torch", "threads", "cpu", "device", "malloc", "date"):
         print(f"# {k}: {header[k]}")
     rows_note = " (unused by source=weight)" if args.source == "weight" else ""
-    print(f"# regularizer: weight=0.01 rows={args.rows}{rows_note} source={args.source}; schedule: triangle; "
-          f"optimiser: Adam; op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}")
-    print(f"# {args.steps} interleaved (ABBA) steps per variant after warm-up; "
-          "ratio = median relaxed / median standard")
+    print(
+        f"# regularizer: weight=0.01 rows={args.rows}{rows_note} source={args.source}; schedule: triangle; "
+        f"optimiser: Adam; op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}"
+    )
+    print(
+        f"# {args.steps} interleaved (ABBA) steps per variant after warm-up; ratio = median relaxed / median standard"
+    )
     results = []
-    cols = f"{'model':<12} {'sites':>5} {'standard ms':>12} {'relaxed ms':>11} {'ratio':>6} {'95% CI':>15} " \
-           f"{'min-of-med ratio':>16}"
+    cols = (
+        f"{'model':<12} {'sites':>5} {'standard ms':>12} {'relaxed ms':>11} {'ratio':>6} {'95% CI':>15} "
+        f"{'min-of-med ratio':>16}"
+    )
     print(cols)
     print("-" * len(cols))
     for case in cases:
         r = run_case(case, args, device)
         results.append(r)
         ci = f"[{r['ratio_ci95'][0]:.3f}, {r['ratio_ci95'][1]:.3f}]"
-        print(f"{r['model']:<12} {r['sites']:>5} {r['standard_ms']:>12.2f} {r['relaxed_ms']:>11.2f} "
-              f"{r['ratio']:>6.3f} {ci:>15} {r['ratio_min_of_medians']:>16.3f}", flush=True)
+        print(
+            f"{r['model']:<12} {r['sites']:>5} {r['standard_ms']:>12.2f} {r['relaxed_ms']:>11.2f} "
+            f"{r['ratio']:>6.3f} {ci:>15} {r['ratio_min_of_medians']:>16.3f}",
+            flush=True,
+        )
     if args.breakdown:
         print("\nphase breakdown (median ms per step)")
         print(f"{'model':<12} {'variant':<9} {'forward':>8} {'regular.':>8} {'backward':>8} {'optim.':>8}")
         for r in results:
             for variant in ("standard", "relaxed"):
                 ph = r["breakdown_ms"][variant]
-                print(f"{r['model']:<12} {variant:<9} {ph['forward']:>8.2f} {ph['regularizer']:>8.2f} "
-                      f"{ph['backward']:>8.2f} {ph['optimizer']:>8.2f}")
+                print(
+                    f"{r['model']:<12} {variant:<9} {ph['forward']:>8.2f} {ph['regularizer']:>8.2f} "
+                    f"{ph['backward']:>8.2f} {ph['optimizer']:>8.2f}"
+                )
     out = {"header": header, "results": results}
     if args.json:
         with open(args.json, "w") as f:

@@ -53,9 +53,11 @@ def mean_std(values: list[float]) -> str:
 
 def report(summary: dict) -> str:
     accuracy = summary.get("test_projected_accuracy")
-    return (f"test (projected) {summary['test_projected']:.5f}"
-            + (f"  accuracy {accuracy:.4f}" if accuracy is not None else "")
-            + f"  val {summary['val_projected']:.5f}  best epoch {summary['best_epoch']}  {summary['seconds']} s")
+    return (
+        f"test (projected) {summary['test_projected']:.5f}"
+        + (f"  accuracy {accuracy:.4f}" if accuracy is not None else "")
+        + f"  val {summary['val_projected']:.5f}  best epoch {summary['best_epoch']}  {summary['seconds']} s"
+    )
 
 
 def main() -> None:
@@ -83,8 +85,13 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {"standard": [], "relaxed": []}
     # every run gets a fresh process; --jobs N runs N of them side by side (give each --threads 1)
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=set_threads,
-                             initargs=(args.threads,), max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=get_context("spawn"),
+        initializer=set_threads,
+        initargs=(args.threads,),
+        max_tasks_per_child=1,
+    ) as pool:
         futures = [pool.submit(run_one, recipe, overrides, run_dir) for _, _, recipe, overrides, run_dir in jobs]
         for (seed, variant, _, _, run_dir), future in zip(jobs, futures):
             summary = future.result()
@@ -97,8 +104,10 @@ def main() -> None:
     wins = sum(r < s for r, s in zip(rel, std))
     print()
     print(f"command: python {shlex.join(sys.argv)}")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {datetime.date.today()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {datetime.date.today()}"
+    )
     print("| variant | projected test metric (mean ± std) | seeds |")
     print("|---|---|---|")
     print(f"| standard | {mean_std(std)} | {len(std)} |")

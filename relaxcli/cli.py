@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -28,8 +29,13 @@ from rich.table import Table
 
 from .errors import RelaxError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Constraint relaxation for equivariant networks: train relaxed, project back, inspect.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Constraint relaxation for equivariant networks: train relaxed, project back, inspect.",
+)
 # tables fit the terminal (or $COLUMNS), and stay whole in files and pipes
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -47,10 +53,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error (anywhere on the command "
-                                                        "line).")] = False,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error (anywhere on the command line).")
+    ] = False,
 ) -> None:
     """Constraint relaxation for equivariant networks: train relaxed, project back, inspect."""
 
@@ -96,25 +104,44 @@ def _fmt(x: float | None) -> str:
 @app.command(short_help="Train a recipe (relaxed, or its standard twin).")
 @_user_errors
 def train(
-    recipe: Annotated[Optional[Path], typer.Argument(help="The recipe YAML (not needed with --resume).",
-                                                     metavar="RECIPE")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE overrides, e.g. trainer.epochs=5.",
-                                                             metavar="KEY=VALUE")] = None,
+    recipe: Annotated[
+        Optional[Path], typer.Argument(help="The recipe YAML (not needed with --resume).", metavar="RECIPE")
+    ] = None,
+    overrides: Annotated[
+        Optional[list[str]], typer.Argument(help="KEY=VALUE overrides, e.g. trainer.epochs=5.", metavar="KEY=VALUE")
+    ] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>-<time>).")] = None,
     runs_root: Annotated[Path, typer.Option(help="Where new run directories go.")] = Path("runs"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --run-dir.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved recipe and exit.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build, relax, run one step, show the sites, exit.")]
-    = False,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress",
-                                                     help="Progress on stderr: a live bar on a terminal, log lines "
-                                                          "elsewhere (default); --no-progress: none.")] = None,
-    nproc: Annotated[int, typer.Option(help="Train data-parallel in this many processes on this machine (launches "
-                                            "torchrun; one GPU each on CUDA).", min=1)] = 1,
-    trust_recipe: Annotated[bool, typer.Option("--trust-recipe", help="With --resume: trust the run directory's "
-                                               "recipe.yaml, which may then name components off relax's allowlist "
-                                               "(your own model class). See 'Security' in the README.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build, relax, run one step, show the sites, exit.")
+    ] = False,
+    progress: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress on stderr: a live bar on a terminal, log lines elsewhere (default); --no-progress: none.",
+        ),
+    ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Train data-parallel in this many processes on this machine (launches "
+            "torchrun; one GPU each on CUDA).",
+            min=1,
+        ),
+    ] = 1,
+    trust_recipe: Annotated[
+        bool,
+        typer.Option(
+            "--trust-recipe",
+            help="With --resume: trust the run directory's "
+            "recipe.yaml, which may then name components off relax's allowlist "
+            "(your own model class). See 'Security' in the README.",
+        ),
+    ] = False,
 ) -> None:
     """Train the recipe's model (relaxed unless relax.enabled is false); validation reports the projected model."""
     from .recipe import dump_recipe, load_recipe
@@ -126,8 +153,10 @@ def train(
         _launch_torchrun(nproc)
     if resume is not None:
         if recipe is not None or overrides:
-            raise RelaxError("--resume continues a run exactly as it was recorded: give only the run directory, "
-                             f"e.g. 'relax train --resume {resume}' (no recipe, no overrides)")
+            raise RelaxError(
+                "--resume continues a run exactly as it was recorded: give only the run directory, "
+                f"e.g. 'relax train --resume {resume}' (no recipe, no overrides)"
+            )
         rundir.check_resumable(resume)
         rec = load_recipe(resume / "recipe.yaml", trust=trust_recipe)  # a file, read as data unless trusted
         check_checkpoints(resume, rec)  # a damaged checkpoint is refused before the run directory is touched
@@ -140,8 +169,9 @@ def train(
             _finish(_announce(trainer))
         return
     if recipe is None:
-        raise RelaxError("give a recipe, e.g. 'relax train recipes/nbody_relaxed.yaml' (see 'relax recipes'), or "
-                         "--resume RUN_DIR")
+        raise RelaxError(
+            "give a recipe, e.g. 'relax train recipes/nbody_relaxed.yaml' (see 'relax recipes'), or --resume RUN_DIR"
+        )
     rec = load_recipe(recipe, overrides or [])
     if print_config:
         out.print(dump_recipe(rec), end="", markup=False, highlight=False)
@@ -190,8 +220,16 @@ def _launch_torchrun(nproc: int) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "relaxcli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "relaxcli",
+        *args,
+    ]
     err.print(f"launching: {' '.join(cmd[1:])}", highlight=False)
     raise typer.Exit(subprocess.call(cmd))
 
@@ -208,8 +246,11 @@ def _announce(trainer: Any) -> Any:
     if not trainer.dist.is_main:
         return trainer
     if trainer.dropped_items:
-        err.print(f"warning: the last batch of each epoch ({trainer.dropped_items} items) is smaller than the "
-                  f"{trainer.dist.world} processes and is skipped", highlight=False)
+        err.print(
+            f"warning: the last batch of each epoch ({trainer.dropped_items} items) is smaller than the "
+            f"{trainer.dist.world} processes and is skipped",
+            highlight=False,
+        )
     r = trainer.relaxed
     if r is None:
         err.print("standard training (relax.enabled is false)", highlight=False)
@@ -220,27 +261,37 @@ def _announce(trainer: Any) -> Any:
     err.print(f"relaxed {len(r.sites)} sites{fused_note}, graph pass: {r.mode}{reason}", highlight=False)
     for path, n in trainer.site_calls().items():
         if n != 1:
-            err.print(f"warning: site {path} fired {n} times in one forward pass"
-                      + (" (bypassed: its branch is never used)" if n == 0 else " (a shared module)"),
-                      highlight=False)
+            err.print(
+                f"warning: site {path} fired {n} times in one forward pass"
+                + (" (bypassed: its branch is never used)" if n == 0 else " (a shared module)"),
+                highlight=False,
+            )
     return trainer
 
 
 def _print_summary(s: dict[str, Any]) -> None:
     kind = "relaxed" if s["relaxed"] else "standard"
-    out.print(f"{s['name']} ({kind} training, seed {s['seed']}): best epoch {s['best_epoch']}, "
-              f"val (projected) {_fmt(s['val_projected'])}, test (projected) {_fmt(s['test_projected'])}"
-              + (f", test (relaxed) {_fmt(s['test_relaxed'])}" if s["test_relaxed"] is not None else ""),
-              highlight=False)
+    out.print(
+        f"{s['name']} ({kind} training, seed {s['seed']}): best epoch {s['best_epoch']}, "
+        f"val (projected) {_fmt(s['val_projected'])}, test (projected) {_fmt(s['test_projected'])}"
+        + (f", test (relaxed) {_fmt(s['test_relaxed'])}" if s["test_relaxed"] is not None else ""),
+        highlight=False,
+    )
     for key in s:  # the recipe's trainer.metrics, e.g. test_projected_accuracy
         if key.startswith("test_projected_") and s[key] is not None:
             name = key.removeprefix("test_projected_")
             relaxed = s.get(f"test_relaxed_{name}")
-            out.print(f"test {name} (projected) {_fmt(s[key])}"
-                      + (f", (relaxed) {_fmt(relaxed)}" if relaxed is not None else ""), highlight=False)
+            out.print(
+                f"test {name} (projected) {_fmt(s[key])}"
+                + (f", (relaxed) {_fmt(relaxed)}" if relaxed is not None else ""),
+                highlight=False,
+            )
     if "best_relaxed_checkpoint" in s:
-        out.print(f"relaxed model with γ kept: best epoch {s['best_relaxed_epoch']}, val {_fmt(s['val_relaxed'])}, "
-                  f"test {_fmt(s['test_relaxed_kept'])}", highlight=False)
+        out.print(
+            f"relaxed model with γ kept: best epoch {s['best_relaxed_epoch']}, val {_fmt(s['val_relaxed'])}, "
+            f"test {_fmt(s['test_relaxed_kept'])}",
+            highlight=False,
+        )
     out.print(f"run directory: {s['run_dir']}", highlight=False)
     if s["relaxed"]:
         out.print(f"next: relax project {s['best_checkpoint']}", highlight=False)
@@ -256,14 +307,19 @@ def _dry_run(rec: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(rec, Path(tmp), progress=False)
         step, _ = trainer.dry_run()
-        out.print(f"{rec.name}: one training step ok: loss {step['loss']:.4g} (task {step['task']:.4g}); "
-                  f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all", highlight=False)
+        out.print(
+            f"{rec.name}: one training step ok: loss {step['loss']:.4g} (task {step['task']:.4g}); "
+            f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all",
+            highlight=False,
+        )
         if trainer.relaxed is None:
             out.print("relax.enabled is false: standard training, no sites", highlight=False)
             return
-        out.print(f"graph pass: {trainer.relaxed.mode}"
-                  + (f" ({trainer.relaxed.fallback_reason})" if trainer.relaxed.fallback_reason else ""),
-                  highlight=False)
+        out.print(
+            f"graph pass: {trainer.relaxed.mode}"
+            + (f" ({trainer.relaxed.fallback_reason})" if trainer.relaxed.fallback_reason else ""),
+            highlight=False,
+        )
         _site_table(site_rows(trainer.relaxed, example_inputs(rec, 4)))
 
 
@@ -283,8 +339,14 @@ def _site_table(rows: list[Any]) -> None:
         table.add_column(col, justify="right", no_wrap=True)
     cells = []
     for r in rows:
-        values = [r.theta, *(r.schedule.get(k, math.nan) for k in learnt), r.weight_norm, r.projection, r.lie,
-                  r.discrete]
+        values = [
+            r.theta,
+            *(r.schedule.get(k, math.nan) for k in learnt),
+            r.weight_norm,
+            r.projection,
+            r.lie,
+            r.discrete,
+        ]
         cells.append([f"{v:.3g}" for v in values])
         calls = str(r.calls) if r.calls == 1 else f"[bold red]{r.calls}[/]"
         table.add_row(r.path, ops[len(cells) - 1], f"{r.rep_in} → {r.rep_out}", *cells[-1], calls)
@@ -302,10 +364,14 @@ def _site_table(rows: list[Any]) -> None:
 
 
 # -- reading checkpoints: the trust boundary (see relaxcli.recipe.trust) ------------------------------------------
-_TRUST_HELP = ("Trust the checkpoint's stored recipe: build the components it names even off relax's allowlist (your "
-               "own model class). Only for a file you trust; see 'Security' in the README.")
-_RECIPE_HELP = ("Rebuild the model from this recipe (yours, trusted) instead of the checkpoint's stored one; its model "
-                "must fit the checkpoint's tensors.")
+_TRUST_HELP = (
+    "Trust the checkpoint's stored recipe: build the components it names even off relax's allowlist (your "
+    "own model class). Only for a file you trust; see 'Security' in the README."
+)
+_RECIPE_HELP = (
+    "Rebuild the model from this recipe (yours, trusted) instead of the checkpoint's stored one; its model "
+    "must fit the checkpoint's tensors."
+)
 
 
 def _own_recipe(path: Optional[Path]) -> Any:
@@ -321,8 +387,10 @@ def _own_recipe(path: Optional[Path]) -> Any:
 def _positive_finite(value: Optional[float]) -> Optional[float]:
     """``--tolerance``: a positive finite number (a NaN or infinite tolerance would accept any model)."""
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"{value} is not a positive finite number; give the largest relative equivariance "
-                                 "error to accept, e.g. --tolerance 1e-5")
+        raise typer.BadParameter(
+            f"{value} is not a positive finite number; give the largest relative equivariance "
+            "error to accept, e.g. --tolerance 1e-5"
+        )
     return value
 
 
@@ -331,36 +399,59 @@ def _positive_finite(value: Optional[float]) -> Optional[float]:
 def project(
     checkpoint: Annotated[Path, typer.Argument(help="A relaxed checkpoint written by 'relax train'.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output safetensors file.")] = None,
-    tolerance: Annotated[Optional[float], typer.Option(help="Max relative equivariance error (default 1e-5 for "
-                                                            "float32 recipes, 1e-10 for float64).",
-                                                       callback=_positive_finite)] = None,
+    tolerance: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Max relative equivariance error (default 1e-5 for float32 recipes, 1e-10 for float64).",
+            callback=_positive_finite,
+        ),
+    ] = None,
     trials: Annotated[int, typer.Option(help="Random group elements per case.", min=1)] = 3,
     samples: Annotated[int, typer.Option(help="Validation samples used for the check.", min=1)] = 16,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
-    skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Write without checking equivariance.")]
-    = False,
-    keep_gamma: Annotated[bool, typer.Option("--keep-gamma", help="Keep the branches with their learnt γ "
-                                             "(ace_elastic): write the approximately equivariant relaxed model, "
-                                             "which relaxcli.load_model rebuilds; its error is reported, not "
-                                             "enforced.")] = False,
+    skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Write without checking equivariance.")] = False,
+    keep_gamma: Annotated[
+        bool,
+        typer.Option(
+            "--keep-gamma",
+            help="Keep the branches with their learnt γ "
+            "(ace_elastic): write the approximately equivariant relaxed model, "
+            "which relaxcli.load_model rebuilds; its error is reported, not "
+            "enforced.",
+        ),
+    ] = False,
     trust_recipe: Annotated[bool, typer.Option("--trust-recipe", help=_TRUST_HELP)] = False,
     recipe: Annotated[Optional[Path], typer.Option("--recipe", help=_RECIPE_HELP)] = None,
 ) -> None:
     """Strip the branches, verify equivariance, write the user's state_dict (exactly its keys) as safetensors."""
     from .run.deliver import project_checkpoint
 
-    path, report, program = project_checkpoint(checkpoint, output, tolerance=tolerance, trials=trials,
-                                               samples=samples, verify=not skip_verify, overwrite=overwrite,
-                                               keep_gamma=keep_gamma, trust=trust_recipe,
-                                               recipe=_own_recipe(recipe))
+    path, report, program = project_checkpoint(
+        checkpoint,
+        output,
+        tolerance=tolerance,
+        trials=trials,
+        samples=samples,
+        verify=not skip_verify,
+        overwrite=overwrite,
+        keep_gamma=keep_gamma,
+        trust=trust_recipe,
+        recipe=_own_recipe(recipe),
+    )
     if report is None:
         err.print("warning: equivariance was not verified (--skip-verify)", highlight=False)
     elif keep_gamma:
-        out.print(f"relaxed model kept (γ as learnt): relative equivariance error {report.relative:.2e} "
-                  f"(absolute {report.absolute:.2e}); tested {report.describe()}", highlight=False)
+        out.print(
+            f"relaxed model kept (γ as learnt): relative equivariance error {report.relative:.2e} "
+            f"(absolute {report.absolute:.2e}); tested {report.describe()}",
+            highlight=False,
+        )
     else:
-        out.print(f"projected model is equivariant: relative error {report.relative:.2e} "
-                  f"(absolute {report.absolute:.2e}); tested {report.describe()}", highlight=False)
+        out.print(
+            f"projected model is equivariant: relative error {report.relative:.2e} "
+            f"(absolute {report.absolute:.2e}); tested {report.describe()}",
+            highlight=False,
+        )
     out.print(f"wrote {path}", highlight=False)
     if program is not None:
         out.print(f"wrote {program} (the projected torch.export program)", highlight=False)
@@ -372,8 +463,9 @@ def project(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A projected checkpoint written by 'relax project'.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .pt2 file.")] = None,
-    samples: Annotated[int, typer.Option(help="Validation samples used to trace and to check the program.",
-                                         min=1)] = 16,
+    samples: Annotated[
+        int, typer.Option(help="Validation samples used to trace and to check the program.", min=1)
+    ] = 16,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     trust_recipe: Annotated[bool, typer.Option("--trust-recipe", help=_TRUST_HELP)] = False,
     recipe: Annotated[Optional[Path], typer.Option("--recipe", help=_RECIPE_HELP)] = None,
@@ -381,8 +473,9 @@ def export(
     """Write a projected checkpoint as a torch.export program (.pt2) with a symbolic batch dimension."""
     from .run.deliver import export_checkpoint_file
 
-    path = export_checkpoint_file(checkpoint, output, samples=samples, overwrite=overwrite, trust=trust_recipe,
-                                  recipe=_own_recipe(recipe))
+    path = export_checkpoint_file(
+        checkpoint, output, samples=samples, overwrite=overwrite, trust=trust_recipe, recipe=_own_recipe(recipe)
+    )
     out.print(f"wrote {path} (checked: it reproduces the model on {samples} validation samples)", highlight=False)
 
 
@@ -392,8 +485,10 @@ def export(
 def inspect(
     model: Annotated[Path, typer.Argument(help="A recipe (.yaml), a relaxed or a projected checkpoint.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    tolerance: Annotated[Optional[float], typer.Option(help="Exit 3 if the model's relative error exceeds it.",
-                                                       callback=_positive_finite)] = None,
+    tolerance: Annotated[
+        Optional[float],
+        typer.Option(help="Exit 3 if the model's relative error exceeds it.", callback=_positive_finite),
+    ] = None,
     trials: Annotated[int, typer.Option(help="Random group elements per case.", min=1)] = 3,
     samples: Annotated[int, typer.Option(help="Validation samples used.", min=1)] = 16,
     trust_recipe: Annotated[bool, typer.Option("--trust-recipe", help=_TRUST_HELP)] = False,
@@ -409,8 +504,10 @@ def inspect(
 
         out.print_json(strict_json(report.to_dict()))  # null (with "null_reasons") where a number is not finite
     else:
-        out.print(f"{report.source}: {report.kind} {report.model}"
-                  + (f", graph pass: {report.mode}" if report.mode else ""), highlight=False)
+        out.print(
+            f"{report.source}: {report.kind} {report.model}" + (f", graph pass: {report.mode}" if report.mode else ""),
+            highlight=False,
+        )
         if report.sites:
             _site_table(report.sites)
         if report.equivariance:
@@ -419,14 +516,20 @@ def inspect(
                 table.add_column(col)
             for name, r in report.equivariance.items():
                 label = name if name != "projected" else "projected (θ=0)"
-                table.add_row(label, f"{r.relative:.2e}", f"{r.absolute:.2e}",
-                              ", ".join(f"{k}{_times(r, k)} {v:.1e}" for k, v in r.cases.items()))
+                table.add_row(
+                    label,
+                    f"{r.relative:.2e}",
+                    f"{r.absolute:.2e}",
+                    ", ".join(f"{k}{_times(r, k)} {v:.1e}" for k, v in r.cases.items()),
+                )
             out.print(table)
         for note in report.notes:
             out.print(f"note: {note}", highlight=False)
     if tolerance is not None and report.equivariance and not report.passes(tolerance):  # NaN fails
-        raise EquivarianceError(f"{report.source}: relative equivariance error {report.worst():.3e} exceeds the "
-                                f"tolerance {tolerance:.1e} or is not finite")
+        raise EquivarianceError(
+            f"{report.source}: relative equivariance error {report.worst():.3e} exceeds the "
+            f"tolerance {tolerance:.1e} or is not finite"
+        )
 
 
 def _times(report: Any, case: str) -> str:
@@ -451,8 +554,9 @@ def plot(
     for run in runs:
         log = run / "metrics.jsonl"
         if not log.is_file():
-            raise RelaxError(f"{run} is not a run directory (it has no metrics.jsonl); give directories written by "
-                             "'relax train'")
+            raise RelaxError(
+                f"{run} is not a run directory (it has no metrics.jsonl); give directories written by 'relax train'"
+            )
         loaded.append((run.name, MetricsLog.read(log)))
     if output.exists() and not overwrite:
         raise RelaxError(f"{output} already exists; pass -o with another path, or --overwrite to replace it")
@@ -468,8 +572,7 @@ def _builtin_recipes() -> dict[str, Path]:
 @app.command(short_help="List the built-in recipes, or copy one here.")
 @_user_errors
 def recipes(
-    name: Annotated[Optional[str], typer.Argument(help="Copy this built-in recipe into the current directory.")]
-    = None,
+    name: Annotated[Optional[str], typer.Argument(help="Copy this built-in recipe into the current directory.")] = None,
 ) -> None:
     """List the built-in recipes, or copy one into the current directory."""
     found = _builtin_recipes()

@@ -24,13 +24,20 @@ NBODY_SYMMETRY = {"inputs": ["cartesian_points", "1x1o", None], "output": "carte
 RunRelax = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
-def run_relax(*args: str | Path, cwd: Path, check: bool = True, command: list[str] | None = None,
-              env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_relax(
+    *args: str | Path,
+    cwd: Path,
+    check: bool = True,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
     """Run ``relax ARGS`` (or ``command ARGS``) in ``cwd`` with its data cache there; fail the test with the output
     when ``check`` and the exit code is not 0."""
     full_env = {**os.environ, "RELAX_CACHE": str(cwd / "cache"), **(env or {})}
-    proc = subprocess.run([*(command or RELAX), *map(str, args)], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [*(command or RELAX), *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"relax {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -62,8 +69,15 @@ def relax_cli() -> RunRelax:
     return run_relax
 
 
-def nbody_recipe_data(name: str = "tiny", epochs: int = 4, train: int = 40, val: int = 20, test: int = 20,
-                      model: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
+def nbody_recipe_data(
+    name: str = "tiny",
+    epochs: int = 4,
+    train: int = 40,
+    val: int = 20,
+    test: int = 20,
+    model: dict[str, Any] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
     """A tiny N-body recipe as a dict; ``sections`` replace or extend its sections (``relax={...}``,
     ``trainer={...}`` are merged into the defaults)."""
     data: dict[str, Any] = {

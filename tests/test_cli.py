@@ -6,31 +6,40 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from conftest import RELAX, read_json
 
 import e3nn.util.test
 import pytest
 import safetensors.torch
 import torch
 import yaml
+from conftest import RELAX, read_json
 
 from relaxcli.run.batches import example_batch
 from relaxcli.run.checkpoint import load_checkpoint, save_checkpoint
-from relaxcli.tasks import NBodyData
-from relaxcli.tasks import SEGNN
+from relaxcli.tasks import SEGNN, NBodyData
 
-def test_train_project_inspect(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+
+def test_train_project_inspect(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe()
     relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     run_dir = tmp_path / "run"
-    for f in ("recipe.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "plots/loss.png", "plots/theta.png",
-              "plots/lie.png", "checkpoints/best.safetensors", "checkpoints/last.safetensors"):
+    for f in (
+        "recipe.yaml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "summary.json",
+        "plots/loss.png",
+        "plots/theta.png",
+        "plots/lie.png",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.safetensors",
+    ):
         assert (run_dir / f).is_file(), f
     summary = read_json(run_dir / "summary.json")
     assert summary["test_projected"] < 0.27  # better than predicting no motion
@@ -57,10 +66,16 @@ def test_train_project_inspect(tmp_path: Path, relax_cli: Callable[..., Any], nb
     model.load_state_dict(state, strict=True)
     ckpt = load_checkpoint(last)
     assert all(torch.equal(state[k], v) for k, v in ckpt.model_state().items())
-    (pos, vel, q), _ = next(iter(torch.utils.data.DataLoader(
-        NBodyData(40, 20, 20, seed=1, cache_dir=str(tmp_path / "cache")).val, batch_size=8)))
-    e3nn.util.test.assert_equivariant(model, args_in=[pos, vel, q], irreps_in=["cartesian_points", "1x1o", None],
-                                      irreps_out=["cartesian_points"])
+    (pos, vel, q), _ = next(
+        iter(
+            torch.utils.data.DataLoader(
+                NBodyData(40, 20, 20, seed=1, cache_dir=str(tmp_path / "cache")).val, batch_size=8
+            )
+        )
+    )
+    e3nn.util.test.assert_equivariant(
+        model, args_in=[pos, vel, q], irreps_in=["cartesian_points", "1x1o", None], irreps_out=["cartesian_points"]
+    )
     proc = relax_cli("inspect", "projected.safetensors", "--tolerance", "1e-6", "--json", cwd=tmp_path)
     assert json.loads(proc.stdout)["equivariance"]["projected"]["relative"] < 1e-6
 
@@ -76,7 +91,9 @@ def test_train_project_inspect(tmp_path: Path, relax_cli: Callable[..., Any], nb
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_project_refuses_a_model_that_fails_the_check(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+def test_project_refuses_a_model_that_fails_the_check(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=1)
     relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     # declare the velocities as pseudovectors: the (correct) model then fails the parity check
@@ -95,7 +112,9 @@ def test_project_refuses_a_model_that_fails_the_check(tmp_path: Path, relax_cli:
     assert bad.exists()
 
 
-def test_bad_recipe_lists_every_problem(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+def test_bad_recipe_lists_every_problem(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe()
     text = recipe.read_text().replace("epochs: 4", "epochs: four").replace("schedule: constant", "shedule: constant")
     text = text.replace("torch.optim.Adam", "torch.optim.Adamm")
@@ -103,15 +122,21 @@ def test_bad_recipe_lists_every_problem(tmp_path: Path, relax_cli: Callable[...,
     proc = relax_cli("train", recipe, "relax.regularizer.weight=-1", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    for expected in ("trainer.epochs: expected an integer", "relax.theta.shedule: unknown key; did you mean "
-                     "'schedule'?", "cannot import torch.optim.Adamm", "relax.regularizer.weight"):
+    for expected in (
+        "trainer.epochs: expected an integer",
+        "relax.theta.shedule: unknown key; did you mean 'schedule'?",
+        "cannot import torch.optim.Adamm",
+        "relax.regularizer.weight",
+    ):
         assert expected in proc.stderr, (expected, proc.stderr)
     assert "has 4 problems" in proc.stderr
     debug = relax_cli("train", recipe, "--debug", cwd=tmp_path, check=False)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
-def test_clear_errors_for_missing_and_corrupted_inputs(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+def test_clear_errors_for_missing_and_corrupted_inputs(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     proc = relax_cli("train", "nope.yaml", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "nope.yaml: file not found" in proc.stderr and "Traceback" not in proc.stderr
     (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
@@ -128,7 +153,9 @@ def test_clear_errors_for_missing_and_corrupted_inputs(tmp_path: Path, relax_cli
     assert "did you mean 'SEGNN'" in proc.stderr
 
 
-def test_print_config_and_dry_run(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+def test_print_config_and_dry_run(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe()
     printed = yaml.safe_load(relax_cli("train", recipe, "trainer.epochs=9", "--print-config", cwd=tmp_path).stdout)
     assert printed["trainer"]["epochs"] == 9 and printed["relax"]["regularizer"]["weight"] == 0.01
@@ -148,13 +175,20 @@ def test_recipes_command(tmp_path: Path, relax_cli: Callable[..., Any]) -> None:
 
 
 @pytest.mark.parametrize("theta", [{"schedule": "constant"}, {"schedule": "ace_elastic", "dual_lr": 0.05}])
-def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path, theta: dict, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+def test_kill_minus_nine_and_resume_gives_the_same_result(
+    tmp_path: Path, theta: dict, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=14, train=60, relax={"theta": theta})  # ace_elastic: γ, λ and u resume exactly
     relax_cli("train", recipe, "--run-dir", "straight", cwd=tmp_path)
 
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([*RELAX, "train", str(recipe), "--run-dir", "killed"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*RELAX, "train", str(recipe), "--run-dir", "killed"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = tmp_path / "killed" / "checkpoints" / "last.safetensors"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -179,12 +213,14 @@ def test_kill_minus_nine_and_resume_gives_the_same_result(tmp_path: Path, theta:
     wa = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors").tensors
     wb = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.safetensors").tensors
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    lines = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
+    lines = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]
     assert strip(lines("straight")) == strip(lines("killed"))
 
 
-def test_standard_twin_trains_the_plain_model(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+def test_standard_twin_trains_the_plain_model(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=2, relax={"enabled": False})
     data = yaml.safe_load(recipe.read_text())
     data["seed"] = None  # drawn and recorded
@@ -196,25 +232,34 @@ def test_standard_twin_trains_the_plain_model(tmp_path: Path, relax_cli: Callabl
     assert summary["relaxed"] is False and summary["test_relaxed"] is None
     recorded = yaml.safe_load((tmp_path / "std" / "recipe.yaml").read_text())
     assert isinstance(recorded["seed"], int) and recorded["seed"] == summary["seed"]
-    lrs = {r["epoch"]: r["lr"] for r in map(json.loads, (tmp_path / "std" / "metrics.jsonl").read_text().splitlines())
-           if r["kind"] == "train"}
+    lrs = {
+        r["epoch"]: r["lr"]
+        for r in map(json.loads, (tmp_path / "std" / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    }
     assert lrs == {1: pytest.approx(3e-3), 2: pytest.approx(1.5e-3)}  # the lr scheduler steps once per epoch
     ckpt = load_checkpoint(tmp_path / "std" / "checkpoints" / "best.safetensors")
     assert ckpt.branch_state() == {} and sorted(ckpt.model_state()) == sorted(
-        SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1).state_dict())
+        SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1).state_dict()
+    )
     assert not (tmp_path / "std" / "plots" / "theta.png").exists()
 
 
-def test_initial_weights_from_the_recipe(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
-    from relaxcli.run.build import build_model
+def test_initial_weights_from_the_recipe(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     from relaxcli.recipe import load_recipe
+    from relaxcli.run.build import build_model
 
     torch.manual_seed(5)
     source = SEGNN(hidden_irreps="4x0e+4x1o", num_layers=1)
     safetensors.torch.save_file(source.state_dict(), str(tmp_path / "init.safetensors"))
     recipe = nbody_recipe()
-    recipe.write_text(recipe.read_text().replace("  _component_: relaxcli.tasks.SEGNN",
-                                                 "  _component_: relaxcli.tasks.SEGNN\n  _weights_: init.safetensors"))
+    recipe.write_text(
+        recipe.read_text().replace(
+            "  _component_: relaxcli.tasks.SEGNN", "  _component_: relaxcli.tasks.SEGNN\n  _weights_: init.safetensors"
+        )
+    )
     model = build_model(load_recipe(recipe))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
     safetensors.torch.save_file({"embed.weight": torch.zeros(3)}, str(tmp_path / "init.safetensors"))
@@ -222,7 +267,9 @@ def test_initial_weights_from_the_recipe(tmp_path: Path, relax_cli: Callable[...
     assert proc.returncode == 1 and "does not match SEGNN: missing keys" in proc.stderr
 
 
-def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]) -> None:
+def test_ace_elastic_keeps_gamma_and_exports_both_models(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=6, relax={"theta": {"schedule": "ace_elastic", "dual_lr": 0.05}})
     data = yaml.safe_load(recipe.read_text())
     data["data"]["field"] = 0.5  # a field along z that the model does not see
@@ -232,8 +279,9 @@ def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path, relax_c
     summary = read_json(tmp_path / "run" / "summary.json")
     kept_ckpt = tmp_path / summary["best_relaxed_checkpoint"]
     assert kept_ckpt.name == "best_relaxed.safetensors" and summary["test_relaxed_kept"] is not None
-    evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-             if r["kind"] == "eval"]
+    evals = [
+        r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"
+    ]
     first, last = evals[0]["sites"], evals[-1]["sites"]
     assert first.keys() == last.keys() and len(last) == 7  # the sites of a one-layer SEGNN
     for site in last.values():
@@ -256,8 +304,9 @@ def test_ace_elastic_keeps_gamma_and_exports_both_models(tmp_path: Path, relax_c
     stored = load_checkpoint(kept_ckpt)
     thetas = {k: float(v) for k, v in stored.branch_state().items() if k.endswith(".theta")}
     assert {f"{k}.theta": float(b.theta) for k, b in kept.branches.items()} == thetas
-    inputs, _ = example_batch(NBodyData(train=40, val=20, test=20, seed=1,
-                                         field=0.5, cache_dir=tmp_path / "cache").val, 4)
+    inputs, _ = example_batch(
+        NBodyData(train=40, val=20, test=20, seed=1, field=0.5, cache_dir=tmp_path / "cache").val, 4
+    )
     kept.eval()
     with torch.no_grad():
         with kept.projected():

@@ -28,8 +28,12 @@ def _imports() -> dict[str, set[str]]:
         is_package = path.name == "__init__.py"
         base = name if is_package else name.rpartition(".")[0]
         tree = ast.parse(path.read_text())
-        type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                     and ast.unparse(node.test) == "TYPE_CHECKING" for n in ast.walk(node)}
+        type_only = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+            for n in ast.walk(node)
+        }
         found = set()
         for node in ast.walk(tree):
             if id(node) in type_only:
@@ -61,7 +65,7 @@ def test_no_import_cycles() -> None:
             if nxt.startswith(node + "."):  # a package importing its own submodules is not a cycle
                 continue
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt]
                 if not any(nxt.startswith(m + ".") for m in cycle[:-1]):
                     cycles.append(" -> ".join(cycle))
             elif nxt not in state:
@@ -80,9 +84,11 @@ def test_the_graph_pass_does_not_import_the_program_code() -> None:
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["recipes"]])
 def test_cli_starts_without_torch(args: list[str]) -> None:
-    code = ("import sys\nfrom relaxcli.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'e3nn', 'numpy') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
+    code = (
+        "import sys\nfrom relaxcli.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'e3nn', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
@@ -112,10 +118,22 @@ def test_each_registered_name_is_defined_in_one_place(kind: str) -> None:
 def _code_strings(source: str) -> list[str]:
     """The string literals of a module that are not docstrings."""
     tree = ast.parse(source)
-    docs = {id(n.body[0].value) for n in ast.walk(tree)
-            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
-            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    exports = {id(c) for n in ast.walk(tree) if isinstance(n, ast.Assign)
-               and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets) for c in ast.walk(n.value)}
-    return [repr(n.value) + " " for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in docs and id(n) not in exports]
+    docs = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    exports = {
+        id(c)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)
+        for c in ast.walk(n.value)
+    }
+    return [
+        repr(n.value) + " "
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and id(n) not in exports
+    ]

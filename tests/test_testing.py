@@ -15,8 +15,10 @@ NBODY_IN = ["cartesian_points", "1o", None]
 
 def nbody_inputs(batch: int = 3) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
-    pos, vel = torch.randn(batch, 5, 3, generator=g, dtype=torch.float64), torch.randn(batch, 5, 3, generator=g,
-                                                                                         dtype=torch.float64)
+    pos, vel = (
+        torch.randn(batch, 5, 3, generator=g, dtype=torch.float64),
+        torch.randn(batch, 5, 3, generator=g, dtype=torch.float64),
+    )
     return pos, vel, torch.randint(0, 2, (batch, 5, 1), generator=g).double() * 2 - 1
 
 
@@ -35,8 +37,9 @@ def test_vn_pointnet_is_relaxable_in_both_graph_modes(mode: str) -> None:
     with default_dtype(torch.float64):
         model = VNPointNet(4, hidden=8, num_layers=2, k=4)
     clouds = torch.randn(2, 32, 3, dtype=torch.float64)
-    report = assert_relaxable(model, (clouds,), ["cartesian_points"], "4x0e", tolerance=1e-9,
-                              relax_kwargs={"mode": mode})
+    report = assert_relaxable(
+        model, (clouds,), ["cartesian_points"], "4x0e", tolerance=1e-9, relax_kwargs={"mode": mode}
+    )
     assert report.mode == mode and len(report.sites) == 5
 
 

@@ -40,8 +40,9 @@ class Branch(nn.Module):
     elements_in: torch.Tensor
     elements_out: torch.Tensor
 
-    def __init__(self, dim_in: int, dim_out: int, init_std: float = 1e-4,
-                 rep_in: Rep | None = None, rep_out: Rep | None = None) -> None:
+    def __init__(
+        self, dim_in: int, dim_out: int, init_std: float = 1e-4, rep_in: Rep | None = None, rep_out: Rep | None = None
+    ) -> None:
         super().__init__()
         self.dim_in, self.dim_out = dim_in, dim_out
         self.weight = nn.Parameter(torch.randn(dim_out, dim_in) * init_std)
@@ -52,8 +53,10 @@ class Branch(nn.Module):
         for side, rep, dim in (("in", rep_in, dim_in), ("out", rep_out, dim_out)):
             if rep is not None and rep.dim != dim:
                 raise ValueError(f"rep_{side} has dim {rep.dim}, branch expects {dim}")
-        self.rep_names = (rep_in.name if rep_in is not None else f"{dim_in}-dim",
-                          rep_out.name if rep_out is not None else f"{dim_out}-dim")
+        self.rep_names = (
+            rep_in.name if rep_in is not None else f"{dim_in}-dim",
+            rep_out.name if rep_out is not None else f"{dim_out}-dim",
+        )
         self._set_rep("in", rep_in, dim_in)
         self._set_rep("out", rep_out, dim_out)
         if (rep_in is not None and rep_out is not None) and (
@@ -118,10 +121,16 @@ class VectorBranch(Branch):
     without moving axes.
     """
 
-    def __init__(self, channels_in: int, channels_out: int, init_std: float = 1e-4,
-                 channel_axis: int = 1, vector_axis: int = 2) -> None:
-        super().__init__(3 * channels_in, 3 * channels_out, init_std,
-                         Rep.vector_neurons(channels_in), Rep.vector_neurons(channels_out))
+    def __init__(
+        self, channels_in: int, channels_out: int, init_std: float = 1e-4, channel_axis: int = 1, vector_axis: int = 2
+    ) -> None:
+        super().__init__(
+            3 * channels_in,
+            3 * channels_out,
+            init_std,
+            Rep.vector_neurons(channels_in),
+            Rep.vector_neurons(channels_out),
+        )
         self.channels_in, self.channels_out = channels_in, channels_out
         self.channel_axis, self.vector_axis = channel_axis, vector_axis
         self._equations: dict[int, str] = {}
@@ -161,5 +170,7 @@ class VectorBranch(Branch):
         return xm[torch.unravel_index(idx, lead)].reshape(-1, self.dim_in)
 
     def extra_repr(self) -> str:
-        return f"{self.channels_in}x3 -> {self.channels_out}x3, channel_axis={self.channel_axis}, " \
-               f"vector_axis={self.vector_axis}"
+        return (
+            f"{self.channels_in}x3 -> {self.channels_out}x3, channel_axis={self.channel_axis}, "
+            f"vector_axis={self.vector_axis}"
+        )

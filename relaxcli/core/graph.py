@@ -130,8 +130,14 @@ class RelaxedModel(nn.Module):
 
     _gm: fx.GraphModule | None  # set through __dict__: not a registered child
 
-    def __init__(self, module: nn.Module, sites: list[Site], mode: Literal["fx", "hooks"],
-                 graph: fx.Graph | None = None, fallback_reason: str | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        sites: list[Site],
+        mode: Literal["fx", "hooks"],
+        graph: fx.Graph | None = None,
+        fallback_reason: str | None = None,
+    ) -> None:
         super().__init__()
         self.module = module
         self.branches = nn.ModuleDict({_branch_key(s.path): s.branch for s in sites})
@@ -253,8 +259,12 @@ def _attach(site: Site) -> Callable[[], Any]:
     return op.register_forward_hook(hook, with_kwargs=True).remove
 
 
-def find_sites(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
-               adapters: list[OpAdapter] | None = None) -> list[tuple[str, nn.Module, OpAdapter]]:
+def find_sites(
+    model: nn.Module,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    adapters: list[OpAdapter] | None = None,
+) -> list[tuple[str, nn.Module, OpAdapter]]:
     """``(path, module, adapter)`` of each op of ``model`` that :func:`relax` would relax."""
     found: list[tuple[str, nn.Module, OpAdapter]] = []
     for path, module in model.named_modules():
@@ -282,8 +292,16 @@ def _trace(model: nn.Module, sites: list[Site]) -> fx.Graph:
     return graph
 
 
-def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
-          init_std: float = 1e-4, adapters: list[OpAdapter] | None = None, fuse: bool = True) -> RelaxedModel:
+def relax(
+    model: nn.Module,
+    *,
+    mode: Mode = "auto",
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    init_std: float = 1e-4,
+    adapters: list[OpAdapter] | None = None,
+    fuse: bool = True,
+) -> RelaxedModel:
     """Insert a branch ``θ · B(x)`` beside every known equivariant linear op of ``model``.
 
     Args:
@@ -317,8 +335,10 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
             f"exclude={list(exclude)}); known ops: e3nn o3.Linear, e3nn tensor products with internal weights, "
             "Vector-Neuron linears, and ops registered with relaxcli.register_op"
         )
-    sites = [Site(path, module, adapter, adapter.make_branch(module, init_std), fused=fuse and adapter.can_fuse(module))
-             for path, module, adapter in found]
+    sites = [
+        Site(path, module, adapter, adapter.make_branch(module, init_std), fused=fuse and adapter.can_fuse(module))
+        for path, module, adapter in found
+    ]
     ref = next(iter(model.parameters()), None)
     if ref is not None:
         for s in sites:
@@ -330,8 +350,9 @@ def relax(model: nn.Module, *, mode: Mode = "auto", include: Sequence[str] = ("*
         graph = _trace(model, sites)
     except Exception as e:  # fx raises many kinds of errors for untraceable code
         if mode == "fx":
-            raise RelaxError(f"torch.fx cannot trace {type(model).__name__}: {e}. Use mode 'hooks' (or 'auto').") \
-                from None
+            raise RelaxError(
+                f"torch.fx cannot trace {type(model).__name__}: {e}. Use mode 'hooks' (or 'auto')."
+            ) from None
         first_line = (str(e).splitlines() or ["no message"])[0]  # e.g. escnn's bare asserts on GeometricTensor
         reason = f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {first_line})"
         return RelaxedModel(model, sites, "hooks", fallback_reason=reason)

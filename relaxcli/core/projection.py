@@ -21,8 +21,16 @@ from .symmetry import EquivarianceReport, check_tolerance, equivariance_error
 __all__ = ["project", "verify_equivariant"]
 
 
-def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_in: Sequence[Any], irreps_out: Any,
-                       tolerance: float = 1e-6, *, samples: int | None = None, **kwargs: Any) -> EquivarianceReport:
+def verify_equivariant(
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    irreps_in: Sequence[Any],
+    irreps_out: Any,
+    tolerance: float = 1e-6,
+    *,
+    samples: int | None = None,
+    **kwargs: Any,
+) -> EquivarianceReport:
     """Measure the relative equivariance error of ``model`` (in eval mode) and raise
     :class:`~relaxcli.EquivarianceError` if it exceeds ``tolerance``, is not finite, the model has non-finite weights,
     or no group element was tried.
@@ -37,7 +45,8 @@ def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_
         hold = "weight tensors hold" if len(bad) != 1 else "weight tensor holds"
         raise EquivarianceError(
             f"the projected model cannot be verified: {len(bad)} {hold} NaN or inf ({listing}). Training diverged "
-            "or the checkpoint is damaged; use an earlier checkpoint, or retrain with a lower learning rate.")
+            "or the checkpoint is damaged; use an earlier checkpoint, or retrain with a lower learning rate."
+        )
     was_training = model.training
     model.eval()
     try:
@@ -47,13 +56,15 @@ def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_
     report.samples = samples
     per_case = ", ".join(f"{k} {v:.2e}" for k, v in report.cases.items())
     if report.tested() == 0:
-        raise EquivarianceError("the equivariance check tried no group element, so it verified nothing; give at "
-                                "least one trial per case")
+        raise EquivarianceError(
+            "the equivariance check tried no group element, so it verified nothing; give at least one trial per case"
+        )
     if not report.finite():
         raise EquivarianceError(
             f"the projected model is not verified: its equivariance error is not finite (relative {report.relative}, "
             f"absolute {report.absolute}; per case {per_case}), so its outputs hold NaN or inf on the check's inputs. "
-            "Check the model's weights and inputs (a diverged run, or a division by zero in the model).")
+            "Check the model's weights and inputs (a diverged run, or a division by zero in the model)."
+        )
     if not report.relative <= tolerance:
         raise EquivarianceError(
             f"the projected model is not equivariant: relative error {report.relative:.3e} exceeds the tolerance "
@@ -63,9 +74,15 @@ def verify_equivariant(model: nn.Module, inputs: Sequence[torch.Tensor], irreps_
     return report
 
 
-def project(relaxed: RelaxedModel, *, inputs: Sequence[torch.Tensor] | None = None,
-            irreps_in: Sequence[Any] | None = None, irreps_out: Any = None, tolerance: float = 1e-6,
-            **kwargs: Any) -> nn.Module:
+def project(
+    relaxed: RelaxedModel,
+    *,
+    inputs: Sequence[torch.Tensor] | None = None,
+    irreps_in: Sequence[Any] | None = None,
+    irreps_out: Any = None,
+    tolerance: float = 1e-6,
+    **kwargs: Any,
+) -> nn.Module:
     """Strip the branches of ``relaxed`` and return the user's module; verify equivariance when ``inputs`` are given.
 
     Raises:

@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 __all__ = ["constraint_matrices", "site_terms", "SiteTerms", "Regularization", "Regularizer"]
 
 
-def constraint_matrices(weight: torch.Tensor, generators_in: torch.Tensor, generators_out: torch.Tensor,
-                        elements_in: torch.Tensor, elements_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def constraint_matrices(
+    weight: torch.Tensor,
+    generators_in: torch.Tensor,
+    generators_out: torch.Tensor,
+    elements_in: torch.Tensor,
+    elements_out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``W G_in − G_out W`` per generator and ``W E_in − E_out W`` per element, for weights ``[..., o, i]``:
     ``[..., K, o, i]`` and ``[..., G, o, i]``."""
     w = weight.unsqueeze(-3)
@@ -71,8 +76,10 @@ class _Commutator:
 
 def _rep_key(branch: Branch) -> tuple[Any, ...]:
     """Changes when the branch's representation buffers are replaced (``.to(dtype/device)``)."""
-    return tuple((t.dtype, t.device, t.data_ptr()) for t in (branch.generators_in, branch.elements_in,
-                                                                branch.generators_out, branch.elements_out))
+    return tuple(
+        (t.dtype, t.device, t.data_ptr())
+        for t in (branch.generators_in, branch.elements_in, branch.generators_out, branch.elements_out)
+    )
 
 
 def _maybe_sparse(a: torch.Tensor) -> torch.Tensor:
@@ -83,8 +90,9 @@ def _maybe_sparse(a: torch.Tensor) -> torch.Tensor:
         return a.to_sparse_csr()
 
 
-def _norms(branches: list[Branch], rows: list[torch.Tensor] | None, source: str,
-           commutator: _Commutator | None = None) -> torch.Tensor:
+def _norms(
+    branches: list[Branch], rows: list[torch.Tensor] | None, source: str, commutator: _Commutator | None = None
+) -> torch.Tensor:
     """``[g, 1 + K + G]`` norms (projection, each generator, each element) for branches that share shape and
     representations, computed batched over the group: one stacked matrix product instead of one per site."""
     w = torch.stack([b.weight for b in branches])  # [g, o, i]
@@ -100,8 +108,9 @@ def _norms(branches: list[Branch], rows: list[torch.Tensor] | None, source: str,
         x = torch.stack(rows)  # [g, R, i]
         y = x @ stacked.view(g, n * o, i).transpose(1, 2)  # [g, R, n * o]
         return y.view(g, x.shape[1], n, o).norm(dim=-1).mean(dim=1)
-    return torch.stack([(r @ m.view(n * o, i).T).view(r.shape[0], n, o).norm(dim=-1).mean(dim=0)
-                        for r, m in zip(rows, stacked)])
+    return torch.stack(
+        [(r @ m.view(n * o, i).T).view(r.shape[0], n, o).norm(dim=-1).mean(dim=0) for r, m in zip(rows, stacked)]
+    )
 
 
 @dataclass
@@ -131,9 +140,15 @@ def _terms(norms: torch.Tensor, branch: Branch) -> SiteTerms:
 
 
 def _same_group(a: Branch, b: Branch) -> bool:
-    return (type(a) is type(b) and a.weight.shape == b.weight.shape and a.rep_names == b.rep_names
-            and all(torch.equal(getattr(a, n), getattr(b, n))
-                    for n in ("generators_in", "generators_out", "elements_in", "elements_out")))
+    return (
+        type(a) is type(b)
+        and a.weight.shape == b.weight.shape
+        and a.rep_names == b.rep_names
+        and all(
+            torch.equal(getattr(a, n), getattr(b, n))
+            for n in ("generators_in", "generators_out", "elements_in", "elements_out")
+        )
+    )
 
 
 @dataclass
@@ -171,8 +186,15 @@ class Regularizer:
         rows: at most this many input rows per site are used (a uniform random subset); None uses all.
     """
 
-    def __init__(self, weight: float = 0.01, projection: bool = True, lie: bool = True, discrete: bool = True,
-                 source: Literal["data", "weight"] = "data", rows: int | None = 256) -> None:
+    def __init__(
+        self,
+        weight: float = 0.01,
+        projection: bool = True,
+        lie: bool = True,
+        discrete: bool = True,
+        source: Literal["data", "weight"] = "data",
+        rows: int | None = 256,
+    ) -> None:
         if source not in ("data", "weight"):
             raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
         self.weight, self.source, self.rows = weight, source, rows

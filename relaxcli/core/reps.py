@@ -96,12 +96,17 @@ class Rep:
         """SO(3) acting on ``channels`` Cartesian 3-vectors flattened as ``c*3 + i``: ``kron(I_C, A)``."""
         eye = torch.eye(channels, dtype=torch.float64)
         gens = torch.stack([torch.kron(eye, a) for a in so3_generators_xyz()])
-        return cls(3 * channels, gens, torch.zeros(0, 3 * channels, 3 * channels, dtype=torch.float64),
-                   name=f"{channels}x3 (VN)")
+        return cls(
+            3 * channels,
+            gens,
+            torch.zeros(0, 3 * channels, 3 * channels, dtype=torch.float64),
+            name=f"{channels}x3 (VN)",
+        )
 
     @classmethod
-    def explicit(cls, generators: torch.Tensor | None = None, elements: torch.Tensor | None = None,
-                 name: str = "explicit") -> Rep:
+    def explicit(
+        cls, generators: torch.Tensor | None = None, elements: torch.Tensor | None = None, name: str = "explicit"
+    ) -> Rep:
         """A representation given by matrices: Lie-algebra ``generators`` and/or discrete ``elements``."""
         if generators is None and elements is None:
             raise ValueError("Rep.explicit needs generators, elements or both")

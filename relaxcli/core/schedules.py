@@ -32,8 +32,18 @@ import torch
 if TYPE_CHECKING:
     from .graph import RelaxedModel
 
-__all__ = ["Schedule", "ThetaSchedule", "Triangle", "Constant", "LinearDecay", "CosineDecay", "Ace", "AceElastic",
-           "SCHEDULES", "make_schedule"]
+__all__ = [
+    "Schedule",
+    "ThetaSchedule",
+    "Triangle",
+    "Constant",
+    "LinearDecay",
+    "CosineDecay",
+    "Ace",
+    "AceElastic",
+    "SCHEDULES",
+    "make_schedule",
+]
 
 
 class Schedule:
@@ -103,12 +113,22 @@ class ThetaSchedule(Schedule):
 
     @classmethod
     def from_recipe(cls, options: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Schedule:
-        return cls(total_steps, theta_max=options["max"], granularity=options["granularity"],
-                   steps_per_epoch=steps_per_epoch, end=options["end"])
+        return cls(
+            total_steps,
+            theta_max=options["max"],
+            granularity=options["granularity"],
+            steps_per_epoch=steps_per_epoch,
+            end=options["end"],
+        )
 
-    def __init__(self, total_steps: int, theta_max: float = 1.0,
-                 granularity: Literal["step", "epoch"] = "step", steps_per_epoch: int | None = None,
-                 end: float = 1.0) -> None:
+    def __init__(
+        self,
+        total_steps: int,
+        theta_max: float = 1.0,
+        granularity: Literal["step", "epoch"] = "step",
+        steps_per_epoch: int | None = None,
+        end: float = 1.0,
+    ) -> None:
         super().__init__(total_steps)
         if granularity not in ("step", "epoch"):
             raise ValueError(f"granularity must be 'step' or 'epoch', got {granularity!r}")
@@ -194,8 +214,9 @@ class Ace(Schedule):
 
     recipe_keys: ClassVar[tuple[str, ...]] = ("dual_lr", "gamma_init", "gamma_lr")
 
-    def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0,
-                 gamma_lr: float | None = None) -> None:
+    def __init__(
+        self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0, gamma_lr: float | None = None
+    ) -> None:
         super().__init__(total_steps)
         if dual_lr <= 0:
             raise ValueError(f"dual_lr must be > 0, got {dual_lr}")
@@ -251,8 +272,14 @@ class AceElastic(Ace):
     keeps_relaxation = True
     recipe_keys = (*Ace.recipe_keys, "rho")
 
-    def __init__(self, total_steps: int, dual_lr: float = 0.01, gamma_init: float = 1.0,
-                 gamma_lr: float | None = None, rho: float = 1.0) -> None:
+    def __init__(
+        self,
+        total_steps: int,
+        dual_lr: float = 0.01,
+        gamma_init: float = 1.0,
+        gamma_lr: float | None = None,
+        rho: float = 1.0,
+    ) -> None:
         super().__init__(total_steps, dual_lr, gamma_init, gamma_lr)
         if rho <= 0:
             raise ValueError(f"rho must be > 0, got {rho}")
@@ -293,8 +320,12 @@ class AceElastic(Ace):
 #: The schedules a recipe can name (``relax.theta.schedule``): one entry per schedule class; the first is the
 #: default.
 SCHEDULES: dict[str, type[Schedule]] = {
-    "triangle": Triangle, "constant": Constant, "linear": LinearDecay, "cosine": CosineDecay,
-    "ace": Ace, "ace_elastic": AceElastic,
+    "triangle": Triangle,
+    "constant": Constant,
+    "linear": LinearDecay,
+    "cosine": CosineDecay,
+    "ace": Ace,
+    "ace_elastic": AceElastic,
 }
 
 

@@ -27,8 +27,9 @@ from .reps import default_dtype
 __all__ = ["EquivarianceReport", "transform", "equivariance_error", "check_tolerance"]
 
 
-def transform(x: torch.Tensor, spec: Any, rotation: torch.Tensor, translation: torch.Tensor | None = None
-              ) -> torch.Tensor:
+def transform(
+    x: torch.Tensor, spec: Any, rotation: torch.Tensor, translation: torch.Tensor | None = None
+) -> torch.Tensor:
     """Apply the O(3) element ``rotation`` (3x3, det ±1, float64) to ``x`` as ``spec`` says; float64 result."""
     if spec is None:
         return x.to(torch.float64) if torch.is_floating_point(x) else x
@@ -86,9 +87,16 @@ def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
-def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor], irreps_in: Sequence[Any],
-                       irreps_out: Any, ntrials: int = 3, do_parity: bool = True, do_translation: bool = True,
-                       generator: torch.Generator | None = None) -> EquivarianceReport:
+def equivariance_error(
+    func: Callable[..., Any],
+    args_in: Sequence[torch.Tensor],
+    irreps_in: Sequence[Any],
+    irreps_out: Any,
+    ntrials: int = 3,
+    do_parity: bool = True,
+    do_translation: bool = True,
+    generator: torch.Generator | None = None,
+) -> EquivarianceReport:
     """Measure how far ``func`` is from equivariance under random O(3) elements (and translations), or under every
     element of a finite escnn group when the specs are escnn ``FieldType``s.
 
@@ -143,33 +151,47 @@ def equivariance_error(func: Callable[..., Any], args_in: Sequence[torch.Tensor]
 
 def check_tolerance(tolerance: Any) -> None:
     """Raise ``ValueError`` unless ``tolerance`` is a positive finite number (a NaN or inf tolerance passes all)."""
-    if (isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not math.isfinite(tolerance)
-            or tolerance <= 0):
-        raise ValueError(f"tolerance must be a positive finite number (the largest relative equivariance error "
-                         f"accepted, e.g. 1e-5), got {tolerance!r}")
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, numbers.Real)
+        or not math.isfinite(tolerance)
+        or tolerance <= 0
+    ):
+        raise ValueError(
+            f"tolerance must be a positive finite number (the largest relative equivariance error "
+            f"accepted, e.g. 1e-5), got {tolerance!r}"
+        )
 
 
 def _check_trials(ntrials: Any) -> None:
     if isinstance(ntrials, bool) or not isinstance(ntrials, numbers.Integral) or ntrials < 1:
-        raise ValueError(f"ntrials must be a positive integer (random group elements per case, e.g. 3), got "
-                         f"{ntrials!r}: a check that tries no group element tests nothing")
+        raise ValueError(
+            f"ntrials must be a positive integer (random group elements per case, e.g. 3), got "
+            f"{ntrials!r}: a check that tries no group element tests nothing"
+        )
 
 
 def _check_samples(args_in: tuple[Any, ...], specs_in: list[Any]) -> None:
     for i, (a, s) in enumerate(zip(args_in, specs_in)):
         if s is not None and torch.is_tensor(a) and a.numel() == 0:
-            raise ValueError(f"input {i} ({s}) has no samples (shape {tuple(a.shape)}); an equivariance check needs "
-                             "at least one sample")
+            raise ValueError(
+                f"input {i} ({s}) has no samples (shape {tuple(a.shape)}); an equivariance check needs "
+                "at least one sample"
+            )
 
 
 def _check_outputs(out: tuple[Any, ...], specs_out: list[Any]) -> None:
     if len(out) != len(specs_out):
-        raise ValueError(f"the function returned {len(out)} outputs but {len(specs_out)} output specs were given; "
-                         "give one spec per output")
+        raise ValueError(
+            f"the function returned {len(out)} outputs but {len(specs_out)} output specs were given; "
+            "give one spec per output"
+        )
     for i, y in enumerate(out):
         if y.numel() == 0:
-            raise ValueError(f"output {i} is empty (shape {tuple(y.shape)}): the check compared nothing; give inputs "
-                             "with at least one sample")
+            raise ValueError(
+                f"output {i} is empty (shape {tuple(y.shape)}): the check compared nothing; give inputs "
+                "with at least one sample"
+            )
 
 
 def _parity_acts(spec: Any) -> bool:
@@ -206,8 +228,7 @@ class _Accumulator:
             self.relative = _worse(self.relative, rel)
 
     def report(self, finite_group: str | None = None) -> EquivarianceReport:
-        return EquivarianceReport(self.absolute, self.relative, self.cases, self.elements,
-                                  finite_group=finite_group)
+        return EquivarianceReport(self.absolute, self.relative, self.cases, self.elements, finite_group=finite_group)
 
 
 def _plain(out: Any) -> tuple[torch.Tensor, ...]:
@@ -217,8 +238,9 @@ def _plain(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(y.tensor if is_geometric_tensor(y) else y for y in items)
 
 
-def _escnn_equivariance_error(func: Callable[..., Any], args_in: tuple[Any, ...], specs_in: list[Any],
-                              specs_out: list[Any]) -> EquivarianceReport:
+def _escnn_equivariance_error(
+    func: Callable[..., Any], args_in: tuple[Any, ...], specs_in: list[Any], specs_out: list[Any]
+) -> EquivarianceReport:
     """Every element ``g`` of the (finite) escnn group, acting through the specs (escnn ``FieldType``s, or None for
     an untouched tensor) as escnn's ``GeometricTensor.transform`` does: grid and fibres, in float64."""
     from ..ops.steerable import transform_field
@@ -231,12 +253,14 @@ def _escnn_equivariance_error(func: Callable[..., Any], args_in: tuple[Any, ...]
     _check_outputs(ref, specs_out)
     acc = _Accumulator()
     for g in group.elements:
-        args_g = tuple(transform_field(a, s, g).to(a.dtype) if s is not None else a
-                       for a, s in zip(args_in, specs_in))
+        args_g = tuple(transform_field(a, s, g).to(a.dtype) if s is not None else a for a, s in zip(args_in, specs_in))
         with torch.no_grad():
             out_g = _plain(func(*args_g))
-        acc.add(str(g), out_g, [transform_field(y, s, g) if s is not None else y.to(torch.float64)
-                                for y, s in zip(ref, specs_out)])
+        acc.add(
+            str(g),
+            out_g,
+            [transform_field(y, s, g) if s is not None else y.to(torch.float64) for y, s in zip(ref, specs_out)],
+        )
     return acc.report(finite_group=str(group))
 
 

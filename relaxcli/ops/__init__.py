@@ -13,6 +13,17 @@ from .irreps import IrrepsAdapter, IrrepsLinearAdapter, TensorProductAdapter
 from .registry import ACTIONS, find_adapter, register_op, registered_ops
 from .vector_neurons import VectorNeuronAdapter, VNLinear
 
-__all__ = ["OpAdapter", "ClassAdapter", "ExplicitAdapter", "IrrepsAdapter", "IrrepsLinearAdapter",
-           "TensorProductAdapter", "VectorNeuronAdapter", "VNLinear", "ACTIONS", "register_op", "registered_ops",
-           "find_adapter"]
+__all__ = [
+    "OpAdapter",
+    "ClassAdapter",
+    "ExplicitAdapter",
+    "IrrepsAdapter",
+    "IrrepsLinearAdapter",
+    "TensorProductAdapter",
+    "VectorNeuronAdapter",
+    "VNLinear",
+    "ACTIONS",
+    "register_op",
+    "registered_ops",
+    "find_adapter",
+]

@@ -76,8 +76,10 @@ class OpAdapter:
     def record(self, module: nn.Module) -> dict[str, Any]:
         """The group action on ``module`` as plain data: ``{"action": self.action, <recipe key>: value, ...}``,
         with every value concrete (no attribute names), so that ``ACTIONS[action](cls, **rest)`` rebuilds it."""
-        raise TypeError(f"{self.name} has a representation given as matrices, which a file cannot record; exclude "
-                        "the op or describe it with an action (relaxcli.IrrepsAdapter, relaxcli.VectorNeuronAdapter)")
+        raise TypeError(
+            f"{self.name} has a representation given as matrices, which a file cannot record; exclude "
+            "the op or describe it with an action (relaxcli.IrrepsAdapter, relaxcli.VectorNeuronAdapter)"
+        )
 
     def fits_feature(self, module: nn.Module, x: torch.Tensor) -> bool:
         """Whether ``x`` has the shape of this op's feature (to find it among inputs given in another order)."""
@@ -130,8 +132,13 @@ class ExplicitAdapter(ClassAdapter):
         feature_arg: position (int) or keyword (str) of the feature argument.
     """
 
-    def __init__(self, target: type[nn.Module] | str, rep_in: Rep | Callable[[nn.Module], Rep],
-                 rep_out: Rep | Callable[[nn.Module], Rep], feature_arg: int | str = 0) -> None:
+    def __init__(
+        self,
+        target: type[nn.Module] | str,
+        rep_in: Rep | Callable[[nn.Module], Rep],
+        rep_out: Rep | Callable[[nn.Module], Rep],
+        feature_arg: int | str = 0,
+    ) -> None:
         super().__init__(target, feature_arg)
         self.rep_in, self.rep_out = rep_in, rep_out
 

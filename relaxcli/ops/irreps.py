@@ -41,16 +41,22 @@ class IrrepsAdapter(ClassAdapter):
     action = "irreps"
     recipe_keys = ("irreps_in", "irreps_out", "feature_arg")
 
-    def __init__(self, target: type[nn.Module] | str, irreps_in: str = "irreps_in", irreps_out: str = "irreps_out",
-                 feature_arg: int | str = 0) -> None:
+    def __init__(
+        self,
+        target: type[nn.Module] | str,
+        irreps_in: str = "irreps_in",
+        irreps_out: str = "irreps_out",
+        feature_arg: int | str = 0,
+    ) -> None:
         super().__init__(target, feature_arg)
         for key, spec in (("irreps_in", irreps_in), ("irreps_out", irreps_out)):
             if not spec.isidentifier():
                 try:
                     o3.Irreps(spec)
                 except (ValueError, AssertionError):
-                    raise ValueError(key, f"{spec!r} is neither an attribute name of the layer nor irreps such as "
-                                          "'8x0e+4x1o'") from None
+                    raise ValueError(
+                        key, f"{spec!r} is neither an attribute name of the layer nor irreps such as '8x0e+4x1o'"
+                    ) from None
         self.irreps_in, self.irreps_out = irreps_in, irreps_out
 
     def irreps(self, module: nn.Module) -> tuple[o3.Irreps, o3.Irreps]:
@@ -62,8 +68,10 @@ class IrrepsAdapter(ClassAdapter):
         try:
             return o3.Irreps(value if value is not None else spec)
         except (ValueError, AssertionError, TypeError):
-            raise TypeError(f"{self.name}: {spec!r} is neither an attribute of the layer holding its irreps nor an "
-                            f"irreps string such as '8x0e+4x1o'") from None
+            raise TypeError(
+                f"{self.name}: {spec!r} is neither an attribute of the layer holding its irreps nor an "
+                f"irreps string such as '8x0e+4x1o'"
+            ) from None
 
     def make_branch(self, module: nn.Module, init_std: float) -> Branch:
         rep_in, rep_out = _o3_reps(*self.irreps(module))
@@ -103,5 +111,8 @@ class TensorProductAdapter(IrrepsAdapter):
         self.name = "e3nn.o3.TensorProduct"
 
     def matches(self, module: nn.Module) -> bool:
-        return (super().matches(module) and bool(getattr(module, "internal_weights", False))
-                and int(getattr(module, "weight_numel", 0)) > 0)
+        return (
+            super().matches(module)
+            and bool(getattr(module, "internal_weights", False))
+            and int(getattr(module, "weight_numel", 0)) > 0
+        )

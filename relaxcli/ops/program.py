@@ -48,8 +48,9 @@ def _record(path: str, module: nn.Module, adapter: OpAdapter) -> dict[str, Any]:
         raise RelaxError(f"site {path}: {e}") from None
 
 
-def export_program(model: nn.Module, example_inputs: tuple[Any, ...], path: str | os.PathLike,
-                   batch_dim: bool = True) -> torch.export.ExportedProgram:
+def export_program(
+    model: nn.Module, example_inputs: tuple[Any, ...], path: str | os.PathLike, batch_dim: bool = True
+) -> torch.export.ExportedProgram:
     """``torch.export`` ``model`` into ``path`` (``.pt2``) with its relaxable sites recorded.
 
     Args:
@@ -107,8 +108,9 @@ def load_program(path: str) -> nn.Module:
     """
     program, sites = _load(path)
     module = torch.export.unflatten(program)
-    vars(module).update(relax_program={"path": str(path), "sites": sites},
-                        relax_adapters=lambda: program_adapters(module))  # what relaxcli.relax attaches with
+    vars(module).update(
+        relax_program={"path": str(path), "sites": sites}, relax_adapters=lambda: program_adapters(module)
+    )  # what relaxcli.relax attaches with
     return module
 
 
@@ -137,8 +139,10 @@ class ProgramSiteAdapter(OpAdapter):
         fits = [a for a in args if isinstance(a, torch.Tensor) and self.inner.fits_feature(self.module, a)]
         if len(fits) != 1:
             shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-            raise RelaxError(f"program site {self.spec['path']}: cannot tell its feature among inputs of shapes "
-                             f"{shapes} ({len(fits)} fit {self.spec})")
+            raise RelaxError(
+                f"program site {self.spec['path']}: cannot tell its feature among inputs of shapes "
+                f"{shapes} ({len(fits)} fit {self.spec})"
+            )
         return fits[0]
 
     def add(self, output: Any, branch_output: torch.Tensor) -> Any:
@@ -148,8 +152,10 @@ class ProgramSiteAdapter(OpAdapter):
             return output + branch_output
         hits = [i for i, o in enumerate(output) if isinstance(o, torch.Tensor) and o.shape == branch_output.shape]
         if len(hits) != 1:
-            raise RelaxError(f"program site {self.spec['path']}: cannot tell its output among {len(output)} values "
-                             f"({len(hits)} have the branch's shape {tuple(branch_output.shape)})")
+            raise RelaxError(
+                f"program site {self.spec['path']}: cannot tell its output among {len(output)} values "
+                f"({len(hits)} have the branch's shape {tuple(branch_output.shape)})"
+            )
         joined = list(output)
         joined[hits[0]] = joined[hits[0]] + branch_output
         return type(output)(joined) if not isinstance(output, list) else joined
@@ -161,8 +167,10 @@ def program_adapters(model: nn.Module) -> list[OpAdapter] | None:
     if info is None:
         return None
     if not info["sites"]:
-        raise RelaxError(f"{info['path']} records no relaxable sites: export it with relaxcli.export_program "
-                         "(which records them), not plain torch.export")
+        raise RelaxError(
+            f"{info['path']} records no relaxable sites: export it with relaxcli.export_program "
+            "(which records them), not plain torch.export"
+        )
     return [ProgramSiteAdapter(model.get_submodule(s["path"]), s) for s in info["sites"]]
 
 
@@ -171,8 +179,10 @@ def write_program(source: str | os.PathLike, state: dict[str, torch.Tensor], out
     program, sites = _load(source)
     params = program.state_dict
     if set(params) != set(state):
-        raise RelaxError(f"the weights do not fit {source}: missing {sorted(set(params) - set(state))[:5]}, "
-                         f"unexpected {sorted(set(state) - set(params))[:5]}")
+        raise RelaxError(
+            f"the weights do not fit {source}: missing {sorted(set(params) - set(state))[:5]}, "
+            f"unexpected {sorted(set(state) - set(params))[:5]}"
+        )
     with torch.no_grad():
         for k, v in params.items():
             v.copy_(state[k])

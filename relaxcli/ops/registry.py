@@ -27,10 +27,16 @@ __all__ = ["ACTIONS", "register_op", "registered_ops", "find_adapter"]
 #: Recipe action name -> the adapter class implementing it (constructor: the layer class, then its recipe_keys);
 #: the first is the default.
 ACTIONS: dict[str, type[IrrepsAdapter] | type[VectorNeuronAdapter]] = {
-    cls.action: cls for cls in (IrrepsAdapter, VectorNeuronAdapter) if cls.action is not None}
+    cls.action: cls for cls in (IrrepsAdapter, VectorNeuronAdapter) if cls.action is not None
+}
 
-_REGISTRY: list[OpAdapter] = [IrrepsLinearAdapter(), TensorProductAdapter(), VectorNeuronAdapter(),
-                              EscnnConvAdapter(), EscnnLinearAdapter()]
+_REGISTRY: list[OpAdapter] = [
+    IrrepsLinearAdapter(),
+    TensorProductAdapter(),
+    VectorNeuronAdapter(),
+    EscnnConvAdapter(),
+    EscnnLinearAdapter(),
+]
 
 
 def register_op(adapter: OpAdapter) -> OpAdapter:

@@ -41,8 +41,15 @@ from ..core.reps import Rep
 from ..errors import RelaxError
 from .base import ClassAdapter
 
-__all__ = ["ConvBranch", "EscnnConvAdapter", "EscnnLinearAdapter", "field_rep", "grid_permutation",
-           "group_generators", "import_escnn"]
+__all__ = [
+    "ConvBranch",
+    "EscnnConvAdapter",
+    "EscnnLinearAdapter",
+    "field_rep",
+    "grid_permutation",
+    "group_generators",
+    "import_escnn",
+]
 
 R2CONV = "escnn.nn.modules.conv.r2convolution.R2Conv"
 LINEAR = "escnn.nn.modules.linear.Linear"
@@ -57,10 +64,12 @@ def import_escnn() -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*py3nj.*")
             import escnn
-            import escnn.nn  # noqa: F401  (escnn.nn imports the rest)
+            import escnn.nn
     except ImportError as e:
-        raise RelaxError(f"this model needs escnn, which is not installed ({e}). Install it with: pip install "
-                         "\"relaxcli[escnn]\" && pip install --no-deps escnn==1.0.11") from None
+        raise RelaxError(
+            f"this model needs escnn, which is not installed ({e}). Install it with: pip install "
+            '"relaxcli[escnn]" && pip install --no-deps escnn==1.0.11'
+        ) from None
     return escnn
 
 
@@ -71,9 +80,19 @@ class ConvBranch(Branch):
     the same linear map the convolution applies at every pixel.
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: tuple[int, int], stride: tuple[int, int] = (1, 1),
-                 padding: tuple[int, int] = (0, 0), dilation: tuple[int, int] = (1, 1), padding_mode: str = "zeros",
-                 init_std: float = 1e-4, rep_in: Rep | None = None, rep_out: Rep | None = None) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
+        padding_mode: str = "zeros",
+        init_std: float = 1e-4,
+        rep_in: Rep | None = None,
+        rep_out: Rep | None = None,
+    ) -> None:
         kh, kw = kernel_size
         super().__init__(c_in * kh * kw, c_out, init_std, rep_in, rep_out)
         self.c_in, self.c_out, self.kernel_size = c_in, c_out, (kh, kw)
@@ -86,8 +105,9 @@ class ConvBranch(Branch):
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.pad(x, (pw, pw, ph, ph), mode=mode)
 
-    def product(self, x: torch.Tensor, weight: torch.Tensor | None = None,
-              bias: torch.Tensor | None = None) -> torch.Tensor:
+    def product(
+        self, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         w = (self.weight if weight is None else weight).view(self.c_out, self.c_in, *self.kernel_size)
         if self.padding_mode == "zeros":
             return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation)
@@ -110,23 +130,31 @@ class ConvBranch(Branch):
         return patches.permute(0, 3, 1, 2).reshape(max_rows, self.dim_in)
 
     def extra_repr(self) -> str:
-        return (f"{self.c_in} -> {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}")
+        return (
+            f"{self.c_in} -> {self.c_out}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}"
+        )
 
 
 def group_generators(gspace: Any) -> list[Any]:
     """The generators of a finite escnn fibre group (C_n: the rotation; D_n: the rotation and the flip)."""
     group = gspace.fibergroup
     if group.order() < 1:
-        raise TypeError(f"relax supports escnn layers over finite groups (C_n, D_n); {group} is continuous "
-                        f"(its Lie algebra would be needed). Build the model with e.g. gspaces.rot2dOnR2(N=4)")
+        raise TypeError(
+            f"relax supports escnn layers over finite groups (C_n, D_n); {group} is continuous "
+            f"(its Lie algebra would be needed). Build the model with e.g. gspaces.rot2dOnR2(N=4)"
+        )
     return list(group.generators)
 
 
 def field_rep(field_type: Any, name: str = "") -> Rep:
     """``ρ(g)`` of an escnn ``FieldType`` for each generator ``g`` of its group, as a discrete-only :class:`Rep`."""
-    elements = torch.stack([torch.as_tensor(field_type.representation(g), dtype=torch.float64)
-                            for g in group_generators(field_type.gspace)])
+    elements = torch.stack(
+        [
+            torch.as_tensor(field_type.representation(g), dtype=torch.float64)
+            for g in group_generators(field_type.gspace)
+        ]
+    )
     return Rep.explicit(elements=elements, name=name or _type_name(field_type))
 
 
@@ -143,9 +171,11 @@ def grid_permutation(gspace: Any, g: Any, size: tuple[int, int]) -> torch.Tensor
         raise TypeError(f"group element {g} cannot act on a {h}x{w} kernel ({e}); use square kernels") from None
     source = moved.round()
     if not torch.allclose(moved, source, atol=1e-6) or sorted(source.long().tolist()) != list(range(h * w)):
-        raise TypeError(f"group element {g} does not map the {h}x{w} pixel grid onto itself (escnn interpolates "
-                        "it), so no exact regulariser exists on a grid; relax supports rotations by multiples of "
-                        "90 degrees and flips: C_1, C_2, C_4, D_1, D_2, D_4")
+        raise TypeError(
+            f"group element {g} does not map the {h}x{w} pixel grid onto itself (escnn interpolates "
+            "it), so no exact regulariser exists on a grid; relax supports rotations by multiples of "
+            "90 degrees and flips: C_1, C_2, C_4, D_1, D_2, D_4"
+        )
     perm = torch.zeros(h * w, h * w, dtype=torch.float64)
     perm[torch.arange(h * w), source.long()] = 1.0
     return perm
@@ -186,13 +216,26 @@ class EscnnConvAdapter(_GeometricTensorOp):
         if int(getattr(module, "groups", 1)) != 1:
             raise TypeError(f"{self.name}: grouped escnn convolutions (groups={module.groups}) are not supported")
         k = _pair(module.kernel_size)
-        patch = [torch.kron(torch.as_tensor(in_type.representation(g), dtype=torch.float64),
-                            grid_permutation(in_type.gspace, g, k)) for g in group_generators(in_type.gspace)]
+        patch = [
+            torch.kron(
+                torch.as_tensor(in_type.representation(g), dtype=torch.float64), grid_permutation(in_type.gspace, g, k)
+            )
+            for g in group_generators(in_type.gspace)
+        ]
         rep_in = Rep.explicit(elements=torch.stack(patch), name=f"{_type_name(in_type)} patch {k[0]}x{k[1]}")
         rep_out = field_rep(out_type)
-        return ConvBranch(in_type.size, out_type.size, k, _pair(module.stride), _pair(module.padding),
-                          _pair(module.dilation), str(getattr(module, "padding_mode", "zeros")), init_std,
-                          rep_in, rep_out)
+        return ConvBranch(
+            in_type.size,
+            out_type.size,
+            k,
+            _pair(module.stride),
+            _pair(module.padding),
+            _pair(module.dilation),
+            str(getattr(module, "padding_mode", "zeros")),
+            init_std,
+            rep_in,
+            rep_out,
+        )
 
     def can_fuse(self, module: nn.Module) -> bool:
         return getattr(type(module).forward, "__qualname__", "") == "R2Conv.forward"  # escnn's own forward

@@ -52,8 +52,14 @@ class VectorNeuronAdapter(ClassAdapter):
     action = "vector_neurons"
     recipe_keys = ("in_channels", "out_channels", "channel_axis", "vector_axis")
 
-    def __init__(self, target: type[nn.Module] | str = VNLinear, in_channels: str | int = "in_channels",
-                 out_channels: str | int = "out_channels", channel_axis: int = 1, vector_axis: int = 2) -> None:
+    def __init__(
+        self,
+        target: type[nn.Module] | str = VNLinear,
+        in_channels: str | int = "in_channels",
+        out_channels: str | int = "out_channels",
+        channel_axis: int = 1,
+        vector_axis: int = 2,
+    ) -> None:
         super().__init__(target)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.channel_axis, self.vector_axis = channel_axis, vector_axis
@@ -61,11 +67,15 @@ class VectorNeuronAdapter(ClassAdapter):
     def channels(self, module: nn.Module) -> tuple[int, int]:
         """The layer's input and output channel counts (attribute names, or the counts themselves)."""
         try:
-            return tuple(int(c if isinstance(c, int) else getattr(module, c))  # type: ignore[return-value]
-                         for c in (self.in_channels, self.out_channels))
+            return tuple(
+                int(c if isinstance(c, int) else getattr(module, c))  # type: ignore[return-value]
+                for c in (self.in_channels, self.out_channels)
+            )
         except AttributeError as e:
-            raise TypeError(f"{self.name}: layer has no channel attribute ({e}); pass in_channels=/out_channels= "
-                            "naming the attributes that hold the channel counts") from None
+            raise TypeError(
+                f"{self.name}: layer has no channel attribute ({e}); pass in_channels=/out_channels= "
+                "naming the attributes that hold the channel counts"
+            ) from None
 
     def make_branch(self, module: nn.Module, init_std: float) -> Branch:
         c_in, c_out = self.channels(module)
@@ -83,8 +93,13 @@ class VectorNeuronAdapter(ClassAdapter):
 
     def record(self, module: nn.Module) -> dict[str, Any]:
         c_in, c_out = self.channels(module)
-        return {"action": self.action, "in_channels": c_in, "out_channels": c_out,
-                "channel_axis": self.channel_axis, "vector_axis": self.vector_axis}
+        return {
+            "action": self.action,
+            "in_channels": c_in,
+            "out_channels": c_out,
+            "channel_axis": self.channel_axis,
+            "vector_axis": self.vector_axis,
+        }
 
     def fits_feature(self, module: nn.Module, x: torch.Tensor) -> bool:
         c_in, _ = self.channels(module)

@@ -29,10 +29,32 @@ check, :func:`instantiate`), :mod:`.overrides` (``KEY=VALUE``), :mod:`.problems`
 """
 
 from .components import ComponentSpec, instantiate
-from .schema import (BranchConfig, OpConfig, Recipe, RegularizerConfig, RelaxConfig, SymmetryConfig, ThetaConfig,
-                     TrainerConfig)
-from .validate import dump_recipe, load_recipe, loads_recipe, recipe_from_dict
+from .schema import (
+    BranchConfig,
+    OpConfig,
+    Recipe,
+    RegularizerConfig,
+    RelaxConfig,
+    SymmetryConfig,
+    ThetaConfig,
+    TrainerConfig,
+)
+from .validate import dump_recipe, load_recipe, loads_recipe, locate, recipe_from_dict
 
-__all__ = ["Recipe", "ComponentSpec", "TrainerConfig", "BranchConfig", "RegularizerConfig", "ThetaConfig", "OpConfig",
-           "RelaxConfig", "SymmetryConfig", "load_recipe", "loads_recipe", "recipe_from_dict", "dump_recipe",
-           "instantiate"]
+__all__ = [
+    "Recipe",
+    "ComponentSpec",
+    "TrainerConfig",
+    "BranchConfig",
+    "RegularizerConfig",
+    "ThetaConfig",
+    "OpConfig",
+    "RelaxConfig",
+    "SymmetryConfig",
+    "load_recipe",
+    "loads_recipe",
+    "recipe_from_dict",
+    "locate",
+    "dump_recipe",
+    "instantiate",
+]

@@ -104,14 +104,24 @@ def describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple and args and args[-1] is not Ellipsis:
         items = list(dict.fromkeys(describe(a) for a in args))
-        return f"a list of {len(args)} {_plural(items[0])}" if len(items) == 1 else \
-            f"a list of {len(args)} ({', '.join(describe(a) for a in args)})"
+        return (
+            f"a list of {len(args)} {_plural(items[0])}"
+            if len(items) == 1
+            else f"a list of {len(args)} ({', '.join(describe(a) for a in args)})"
+        )
     if tp in (list, tuple) or origin in (list, tuple) or tp in _SEQUENCES or origin in _SEQUENCES:
         return f"a list of {_plural(describe(args[0]))}" if args else "a list"
     if tp in _MAPPINGS or origin in _MAPPINGS:
         return "a mapping"
-    names = {bool: "true or false", int: "an integer", float: "a number", complex: "a number", str: "a string",
-             type(None): "null", None: "null"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        complex: "a number",
+        str: "a string",
+        type(None): "null",
+        None: "null",
+    }
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 

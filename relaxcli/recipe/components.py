@@ -17,7 +17,16 @@ from ..errors import RecipeError
 from .argtypes import check_types
 from .problems import INVALID, KeyPath, Problems, show, suggest
 
-__all__ = ["ComponentSpec", "INJECTED_ARGS", "ALIASES", "canonical", "import_target", "check_plain", "convert_component", "instantiate"]
+__all__ = [
+    "ComponentSpec",
+    "INJECTED_ARGS",
+    "ALIASES",
+    "canonical",
+    "import_target",
+    "check_plain",
+    "convert_component",
+    "instantiate",
+]
 
 #: What the trainer passes positionally before a component's own kwargs.
 INJECTED_ARGS: dict[str, tuple[str, ...]] = {
@@ -34,7 +43,6 @@ class ComponentSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # model._weights_: safetensors file with initial weights
     section: str = ""  # "model", "data", ... (used in error messages)
-
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes, datetime.date)
@@ -60,7 +68,7 @@ def canonical(target: str) -> str:
     ``relaxcli.tasks.SEGNN``); other paths unchanged."""
     for old, new in ALIASES.items():
         if target.startswith(old):
-            return new + target[len(old):]
+            return new + target[len(old) :]
     return target
 
 
@@ -198,7 +206,6 @@ def check_signature(obj: Any, target: str, kwargs: dict[str, Any], path: KeyPath
             sig.bind(*injected, **kwargs)
         except TypeError as exc:
             ctx.add(path, f"cannot call {target} with these arguments: {exc}")
-
 
 
 def instantiate(spec: ComponentSpec, *args: Any, **extra_kwargs: Any) -> Any:

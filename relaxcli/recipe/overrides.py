@@ -26,7 +26,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], ctx: Problem
         parts = key.split(".")
 
         def bad(message: str) -> None:
-            ctx.problems.append((2, index, f"{where}: {message}"))
+            ctx.problems.append((2, index, f"{where}: {message}"))  # noqa: B023  (called in this iteration only)
 
         if not sep or not key:
             bad("expected KEY=VALUE, e.g. trainer.epochs=5")

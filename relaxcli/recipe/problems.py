@@ -15,8 +15,6 @@ INVALID = object()  # marks a value that failed validation (its problem is alrea
 KeyPath = tuple[Union[str, int], ...]  # a key path, e.g. ("relax", "theta", "schedule")
 
 
-
-
 def dotted(path: KeyPath) -> str:
     out = ""
     for part in path:
@@ -36,7 +34,7 @@ def show(value: Any) -> str:
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str:
-    """"; did you mean 'x'?" (or ""): close matches by difflib, case-insensitive, near the best one only."""
+    """ "; did you mean 'x'?" (or ""): close matches by difflib, case-insensitive, near the best one only."""
     by_lower = {c.lower(): c for c in candidates if isinstance(c, str)}
     scored = []
     for low, original in by_lower.items():

@@ -30,19 +30,29 @@ and nothing else. Ranges and extra checks ride along as ``Annotated`` metadata;
 a section's ``check(given_keys)`` method reports keys that conflict.
 """
 
-
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from .components import ComponentSpec, import_target
 from .problems import show, suggest
 
-__all__ = ["Range", "Check", "Recipe", "TrainerConfig", "BranchConfig", "RegularizerConfig", "ThetaConfig", "OpConfig",
-           "RelaxConfig", "SymmetryConfig", "to_plain"]
+__all__ = [
+    "Range",
+    "Check",
+    "Recipe",
+    "TrainerConfig",
+    "BranchConfig",
+    "RegularizerConfig",
+    "ThetaConfig",
+    "OpConfig",
+    "RelaxConfig",
+    "SymmetryConfig",
+    "to_plain",
+]
 
 # -----------------------------------------------------------------------------
 # Field annotations: ranges and custom checks
@@ -91,8 +101,11 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _float32(value: float) -> str | None:
-    return None if abs(value) <= FLOAT32_MAX else f"must be at most {FLOAT32_MAX:.3g} in magnitude (it becomes a " \
-        f"float32 tensor), got {value:g}"
+    return (
+        None
+        if abs(value) <= FLOAT32_MAX
+        else f"must be at most {FLOAT32_MAX:.3g} in magnitude (it becomes a float32 tensor), got {value:g}"
+    )
 
 
 def _nonempty(value: str) -> str | None:
@@ -113,11 +126,17 @@ def _irreps_problem(value: str) -> str | None:
     return None
 
 
-IrrepsSpec = Annotated[Optional[str], Check(_irreps_problem, "an e3nn Irreps string, 'cartesian_points', the name "
-                                                          "of a model attribute (group: escnn) or null")]
+IrrepsSpec = Annotated[
+    Optional[str],
+    Check(
+        _irreps_problem,
+        "an e3nn Irreps string, 'cartesian_points', the name of a model attribute (group: escnn) or null",
+    ),
+]
 
 # -----------------------------------------------------------------------------
 # The schema
+
 
 @dataclass
 class TrainerConfig:
@@ -135,7 +154,8 @@ class TrainerConfig:
     max_steps: Annotated[Optional[int], Range(ge=1)] = None
     # reported beside the loss at every evaluation; keys of relaxcli.run.evaluation.METRICS
     metrics: list[Annotated[str, Check(_metric_problem, "the name of an evaluation metric")]] = field(
-        default_factory=list)
+        default_factory=list
+    )
 
 
 @dataclass
@@ -156,8 +176,11 @@ class RegularizerConfig:
 def _one_of(value: str, registry: Iterable[str]) -> str | None:
     """None if ``value`` names an entry of ``registry``, else the problem (as for a ``Literal``)."""
     names = list(registry)
-    return None if value in names else f"must be one of {', '.join(map(repr, names))}; got {show(value)}" \
-        f"{suggest(value, names)}"
+    return (
+        None
+        if value in names
+        else f"must be one of {', '.join(map(repr, names))}; got {show(value)}{suggest(value, names)}"
+    )
 
 
 def _first(module: str, registry: str) -> str:
@@ -185,13 +208,17 @@ def _action_problem(value: str) -> str | None:
     return _one_of(value, ACTIONS)
 
 
-def _unused(section: Any, given: Iterable[str], used: tuple[str, ...], users: dict[str, list[str]],
-            what: str) -> list[tuple[str, str]]:
+def _unused(
+    section: Any, given: Iterable[str], used: tuple[str, ...], users: dict[str, list[str]], what: str
+) -> list[tuple[str, str]]:
     """Keys given a non-default value that the chosen ``what`` does not read (key, problem)."""
     required = [f.name for f in fields(section) if f.default is MISSING and f.default_factory is MISSING]
     defaults = type(section)(**{k: getattr(section, k) for k in required})
-    return [(k, f"is not used by {what}; it applies to {', '.join(users.get(k, ['none']))} only")
-            for k in given if k in users and k not in used and getattr(section, k) != getattr(defaults, k)]
+    return [
+        (k, f"is not used by {what}; it applies to {', '.join(users.get(k, ['none']))} only")
+        for k in given
+        if k in users and k not in used and getattr(section, k) != getattr(defaults, k)
+    ]
 
 
 @dataclass
@@ -200,7 +227,8 @@ class ThetaConfig:
     schedule class lists the keys it reads (``recipe_keys``)."""
 
     schedule: Annotated[str, Check(_schedule_problem, "the name of a θ schedule")] = field(
-        default_factory=lambda: _first("..core.schedules", "SCHEDULES"))
+        default_factory=lambda: _first("..core.schedules", "SCHEDULES")
+    )
     # hand schedules
     max: Annotated[float, Range(ge=0), Check(_float32)] = 1.0
     granularity: Literal["step", "epoch"] = "step"
@@ -234,7 +262,8 @@ class OpConfig:
 
     layer: str  # import path of the layer class
     action: Annotated[str, Check(_action_problem, "the name of an op action")] = field(
-        default_factory=lambda: _first("..ops.registry", "ACTIONS"))
+        default_factory=lambda: _first("..ops.registry", "ACTIONS")
+    )
     # action irreps: e3nn irreps on the last axis; an attribute name of the layer, or the irreps themselves
     irreps_in: str = "irreps_in"
     irreps_out: str = "irreps_out"
@@ -306,14 +335,27 @@ class SymmetryConfig:
             if spec is None:
                 continue
             if self.group == "o3" and spec.isidentifier() and spec != "cartesian_points":
-                problems.append((key, f"{spec!r} is not an Irreps string such as '1x1o'; names of model attributes "
-                                      "holding escnn FieldTypes need 'group: escnn'"))
+                problems.append(
+                    (
+                        key,
+                        f"{spec!r} is not an Irreps string such as '1x1o'; names of model attributes "
+                        "holding escnn FieldTypes need 'group: escnn'",
+                    )
+                )
             if self.group == "escnn" and (not spec.isidentifier() or spec == "cartesian_points"):
-                problems.append((key, f"{spec!r}: with group escnn, give the name of the model attribute that holds "
-                                      "the escnn FieldType of this tensor (e.g. in_type), or null"))
+                problems.append(
+                    (
+                        key,
+                        f"{spec!r}: with group escnn, give the name of the model attribute that holds "
+                        "the escnn FieldType of this tensor (e.g. in_type), or null",
+                    )
+                )
         if self.group == "escnn":
-            problems += [(k, "does not apply to group escnn (every element of the escnn group is tested)")
-                         for k in ("parity", "translation") if k in given and getattr(self, k) is not True]
+            problems += [
+                (k, "does not apply to group escnn (every element of the escnn group is tested)")
+                for k in ("parity", "translation")
+                if k in given and getattr(self, k) is not True
+            ]
         return problems
 
 
@@ -366,5 +408,3 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, list):
         return [to_plain(v) for v in value]
     return value
-
-

@@ -39,8 +39,11 @@ from .components import ComponentSpec, canonical
 
 __all__ = ["ALLOWED", "FAMILIES", "NEEDS_TRUST", "Family", "allowed", "untrusted_components", "check_trusted"]
 
-_TASKS = {"nbody": ("SEGNN", "NBodyData"), "pointcloud": ("VNPointNet", "PointCloudData"),
-          "grid": ("SteerableCNN", "AllenCahnData")}
+_TASKS = {
+    "nbody": ("SEGNN", "NBodyData"),
+    "pointcloud": ("VNPointNet", "PointCloudData"),
+    "grid": ("SteerableCNN", "AllenCahnData"),
+}
 
 #: Exact component paths (as :func:`~relaxcli.recipe.components.canonical` writes them) that a file may name.
 ALLOWED: frozenset[str] = frozenset(
@@ -72,14 +75,16 @@ FAMILIES: tuple[Family, ...] = (
 #: relaxcli's own components that read a code-bearing file, and why a file may not name them without trust.
 NEEDS_TRUST: dict[str, str] = {
     "relaxcli.ops.program.load_program": "it loads a torch.export program (.pt2), and torch.export.load can run code "
-                                         "stored in a .pt2 file (pickled parts, eval'd shape expressions)",
+    "stored in a .pt2 file (pickled parts, eval'd shape expressions)",
     "relaxcli.load_program": "it loads a torch.export program (.pt2), and torch.export.load can run code stored in a "
-                             ".pt2 file (pickled parts, eval'd shape expressions)",
+    ".pt2 file (pickled parts, eval'd shape expressions)",
 }
 
-_HOW = ("If you trust this file, pass --trust-recipe (in Python: trust=True); 'relax project', 'inspect' and "
-        "'export' can instead rebuild the model from a recipe you hold with --recipe my.yaml (its model must fit the "
-        "checkpoint's tensors).")
+_HOW = (
+    "If you trust this file, pass --trust-recipe (in Python: trust=True); 'relax project', 'inspect' and "
+    "'export' can instead rebuild the model from a recipe you hold with --recipe my.yaml (its model must fit the "
+    "checkpoint's tensors)."
+)
 
 
 def _is_path(target: str) -> bool:
@@ -105,8 +110,13 @@ def _in_family(target: str, family: Family) -> bool:
         return False
     base = _resolve(family.base)
     obj = _resolve(target)
-    return (isinstance(obj, type) and isinstance(base, type) and issubclass(obj, base) and obj.__name__ == attr
-            and (obj.__module__ == family.package or obj.__module__.startswith(family.package + ".")))
+    return (
+        isinstance(obj, type)
+        and isinstance(base, type)
+        and issubclass(obj, base)
+        and obj.__name__ == attr
+        and (obj.__module__ == family.package or obj.__module__.startswith(family.package + "."))
+    )
 
 
 def allowed(target: str) -> bool:
@@ -157,6 +167,8 @@ def check_trusted(data: Any, source: str) -> None:
         return
     what = "a component" if len(found) == 1 else f"{len(found)} components"
     kinds = ", ".join(f.what for f in FAMILIES[:-1]) + f" and {FAMILIES[-1].what}"
-    raise TrustError(f"{source} names {what} that a file may not run without your say-so: {'; '.join(found)}. "
-                     f"Nothing was imported. A file's recipe may only build relaxcli's own task models, data and "
-                     f"layers, {kinds}. {_HOW}")
+    raise TrustError(
+        f"{source} names {what} that a file may not run without your say-so: {'; '.join(found)}. "
+        f"Nothing was imported. A file's recipe may only build relaxcli's own task models, data and "
+        f"layers, {kinds}. {_HOW}"
+    )

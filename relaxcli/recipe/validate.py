@@ -22,7 +22,7 @@ from .schema import Check, Recipe
 from .trust import allowed, check_trusted
 from .yaml_io import dump_yaml, parse_yaml
 
-__all__ = ["load_recipe", "loads_recipe", "recipe_from_dict", "dump_recipe"]
+__all__ = ["load_recipe", "loads_recipe", "recipe_from_dict", "dump_recipe", "locate"]
 
 
 # -----------------------------------------------------------------------------
@@ -173,7 +173,6 @@ def _convert_dataclass(value: Any, cls: type, path: KeyPath, ctx: Problems) -> A
     return obj
 
 
-
 def _validate(
     data: Any,
     source: str,
@@ -250,8 +249,12 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = (), *, trust
 #: The largest recipe file read (a recipe is a few KiB).
 MAX_RECIPE_BYTES = 1 << 20
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _read_recipe_file(p: Path, source: str) -> str:
@@ -292,8 +295,6 @@ def _read_recipe_file(p: Path, source: str) -> str:
         raise refuse(f"cannot read: {exc}") from None
 
 
-
-
 def recipe_from_dict(data: Any, source: str = "<checkpoint>", *, trust: bool = True) -> Recipe:
     """Validate a plain dict (e.g. a recipe stored in checkpoint metadata) into a Recipe. With ``trust=False`` (what
     :func:`~relaxcli.run.checkpoint.load_checkpoint` passes for a file) a component off the allowlist raises a
@@ -316,3 +317,22 @@ def dump_recipe(recipe: Recipe) -> str:
         print(dump_recipe(load_recipe("recipe.yaml")))   # what --print-config shows
     """
     return dump_yaml(recipe.to_dict())
+
+
+def locate(recipe: Recipe, key: KeyPath) -> str:
+    """``file:line`` of ``key`` (the nearest enclosing key that has a line) in the file the recipe was read from;
+    the file alone when it has none, or the recipe did not come from a readable file.
+
+    Example::
+
+        locate(recipe, ("symmetry", "inputs", 1))   # 'recipe.yaml:23'
+    """
+    source = recipe.source or "recipe"
+    try:
+        lines = parse_yaml(Path(source).read_text(encoding="utf-8"), source)[1]
+    except Exception:  # not a file (a checkpoint's recipe, a string), or unreadable now: no line
+        return source
+    for n in range(len(key), 0, -1):
+        if key[:n] in lines:
+            return f"{source}:{lines[key[:n]]}"
+    return source

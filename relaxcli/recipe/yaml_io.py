@@ -52,6 +52,7 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 
 Dumper.add_representer(list, _represent_list)
 
+
 def _line_map(node: yaml.Node, problems: list[tuple[KeyPath, str]]) -> dict[KeyPath, int]:
     """Map every key path in a composed YAML document to its (1-based) line. Flags duplicate keys."""
     lines: dict[KeyPath, int] = {}
@@ -105,8 +106,13 @@ class _CountingLoader(Loader):
         self.composed += 1
         if self.composed > MAX_VALUES:
             line = self.peek_event().start_mark.line + 1
-            raise RecipeError([f"{self.source}:{line}: the recipe holds more than {MAX_VALUES} values; refusing it (a "
-                               "recipe holds a few hundred)"], self.source)
+            raise RecipeError(
+                [
+                    f"{self.source}:{line}: the recipe holds more than {MAX_VALUES} values; refusing it (a "
+                    "recipe holds a few hundred)"
+                ],
+                self.source,
+            )
         return super().compose_node(parent, index)
 
 
@@ -124,8 +130,11 @@ def _check_expansion(node: yaml.Node, source: str) -> None:
         if key in sizes:
             return sizes[key]
         if key in open_nodes:
-            refuse(n, "a YAML alias refers to a node that contains it (a recursive structure); a recipe must be a "
-                      "tree of values")
+            refuse(
+                n,
+                "a YAML alias refers to a node that contains it (a recursive structure); a recipe must be a "
+                "tree of values",
+            )
         open_nodes.add(key)
         if isinstance(n, yaml.MappingNode):
             children = [c for pair in n.value for c in pair]
@@ -135,8 +144,11 @@ def _check_expansion(node: yaml.Node, source: str) -> None:
         for child in children:
             total += size(child)
             if total > MAX_VALUES:
-                refuse(n, f"the recipe holds more than {MAX_VALUES} values once its YAML aliases are expanded; "
-                          "refusing it (a recipe holds a few hundred; is this a 'billion laughs' file?)")
+                refuse(
+                    n,
+                    f"the recipe holds more than {MAX_VALUES} values once its YAML aliases are expanded; "
+                    "refusing it (a recipe holds a few hundred; is this a 'billion laughs' file?)",
+                )
         open_nodes.discard(key)
         sizes[key] = total
         return total
@@ -183,5 +195,3 @@ def dump_yaml(data: Any) -> str:
         print(dump_recipe(load_recipe("recipe.yaml")))   # what --print-config shows
     """
     return yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-

@@ -22,8 +22,10 @@ __all__ = ["split_batch", "call_args", "call_model", "to_device", "example_batch
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     """``(inputs, target)`` from a collated batch."""
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
-        raise RelaxError("each data item must be a pair (inputs, target), where inputs is a tensor, a tuple of "
-                         f"tensors (positional model arguments) or a dict (keyword arguments); got {type(batch)}")
+        raise RelaxError(
+            "each data item must be a pair (inputs, target), where inputs is a tensor, a tuple of "
+            f"tensors (positional model arguments) or a dict (keyword arguments); got {type(batch)}"
+        )
     return batch[0], batch[1]
 
 

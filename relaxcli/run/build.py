@@ -28,8 +28,17 @@ from ..recipe import Recipe, instantiate
 from .checkpoint import Checkpoint, load_checkpoint, load_user_state, load_weights, user_state
 from .relaxation import NoRelaxation, Relaxation
 
-__all__ = ["DTYPES", "resolve_device", "build_model", "Splits", "build_data", "build_relaxed", "build_relaxation",
-           "restore", "load_model"]
+__all__ = [
+    "DTYPES",
+    "resolve_device",
+    "build_model",
+    "Splits",
+    "build_data",
+    "build_relaxed",
+    "build_relaxation",
+    "restore",
+    "load_model",
+]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -72,8 +81,12 @@ def build_data(recipe: Recipe) -> Splits:
 
     train, val, test = get("train"), get("val"), get("test")
     if train is None or val is None:
-        raise RecipeError([f"data: {recipe.data.target} must give 'train' and 'val' datasets (attributes or dict "
-                           f"keys), and optionally 'test'; it gave a {type(data).__name__} without them"])
+        raise RecipeError(
+            [
+                f"data: {recipe.data.target} must give 'train' and 'val' datasets (attributes or dict "
+                f"keys), and optionally 'test'; it gave a {type(data).__name__} without them"
+            ]
+        )
     return Splits(train, val, test)
 
 
@@ -84,12 +97,20 @@ def build_relaxed(model: nn.Module, recipe: Recipe) -> RelaxedModel | None:
     if not cfg.enabled:
         return None
     mine: list[OpAdapter] = [ACTIONS[op.action](op.layer, **op.options()) for op in cfg.ops]
-    return relax(model, mode=cfg.mode, include=cfg.include, exclude=cfg.exclude, init_std=cfg.branch.init_std,
-                 adapters=mine + registered_ops() if mine else None, fuse=cfg.fuse)
+    return relax(
+        model,
+        mode=cfg.mode,
+        include=cfg.include,
+        exclude=cfg.exclude,
+        init_std=cfg.branch.init_std,
+        adapters=mine + registered_ops() if mine else None,
+        fuse=cfg.fuse,
+    )
 
 
-def build_relaxation(model: nn.Module, recipe: Recipe, total_steps: int, steps_per_epoch: int,
-                     relaxed: RelaxedModel | None = None) -> Relaxation:
+def build_relaxation(
+    model: nn.Module, recipe: Recipe, total_steps: int, steps_per_epoch: int, relaxed: RelaxedModel | None = None
+) -> Relaxation:
     """The relaxation the trainer drives: :class:`NoRelaxation` for a standard run, else the relaxed model (built
     here unless given) with the recipe's regulariser and θ schedule."""
     relaxed = relaxed if relaxed is not None else build_relaxed(model, recipe)
@@ -115,8 +136,9 @@ def restore(ckpt: Checkpoint) -> tuple[Recipe, nn.Module, RelaxedModel | None]:
     if ckpt.kind == "relaxed" and ckpt.branch_state():
         relaxed = build_relaxed(model, recipe)
         if relaxed is not None:
-            _check_fits(ckpt, "the recipe's relaxation (relax section)", ckpt.branch_state(),
-                        relaxed.branches.state_dict())
+            _check_fits(
+                ckpt, "the recipe's relaxation (relax section)", ckpt.branch_state(), relaxed.branches.state_dict()
+            )
             relaxed.branches.load_state_dict(ckpt.branch_state(), strict=True)
     return recipe, model, relaxed
 
@@ -126,11 +148,16 @@ def _check_fits(ckpt: Checkpoint, what: str, state: dict[str, torch.Tensor], exp
     if set(state) != set(expected):
         missing, unexpected = sorted(set(expected) - set(state))[:5], sorted(set(state) - set(expected))[:5]
         raise RelaxError(f"{ckpt.path} does not match {what}: missing {missing}, unexpected {unexpected}")
-    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in expected.items()
-              if tuple(state[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
     if shapes:
-        raise RelaxError(f"{ckpt.path} does not fit {what}: {'; '.join(shapes[:3])}"
-                         f"{f' (and {len(shapes) - 3} more)' if len(shapes) > 3 else ''}")
+        raise RelaxError(
+            f"{ckpt.path} does not fit {what}: {'; '.join(shapes[:3])}"
+            f"{f' (and {len(shapes) - 3} more)' if len(shapes) > 3 else ''}"
+        )
 
 
 def load_model(path: str | os.PathLike, trust: bool = False, recipe: Recipe | None = None) -> nn.Module:

@@ -47,10 +47,23 @@ from .runlog import NULL_REASONS, sanitize
 if TYPE_CHECKING:
     from .relaxation import Relaxation
 
-__all__ = ["RELAXED", "PROJECTED", "CONTENT_HASH", "Checkpoint", "save_checkpoint", "save_relaxed", "save_projected",
-           "content_hash",
-           "load_checkpoint", "flatten_state", "unflatten_state", "versions", "user_state", "load_user_state",
-           "load_weights"]
+__all__ = [
+    "RELAXED",
+    "PROJECTED",
+    "CONTENT_HASH",
+    "Checkpoint",
+    "save_checkpoint",
+    "save_relaxed",
+    "save_projected",
+    "content_hash",
+    "load_checkpoint",
+    "flatten_state",
+    "unflatten_state",
+    "versions",
+    "user_state",
+    "load_user_state",
+    "load_weights",
+]
 
 RELAXED = "relaxcli/relaxed/1"
 #: Metadata key of the content hash (see :func:`content_hash`).
@@ -76,11 +89,13 @@ def flatten_state(obj: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
             tensors[path] = x.detach().cpu().contiguous().clone()
             return {"__tensor__": path}
         if isinstance(x, dict):
-            return {"__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")] for i, (k, v) in
-                                 enumerate(x.items())]}
+            return {
+                "__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")] for i, (k, v) in enumerate(x.items())]
+            }
         if isinstance(x, (list, tuple)):
-            return {"__list__" if isinstance(x, list) else "__tuple__": [walk(v, f"{path}.{i}")
-                                                                          for i, v in enumerate(x)]}
+            return {
+                "__list__" if isinstance(x, list) else "__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(x)]
+            }
         if isinstance(x, float) and not math.isfinite(x):
             return {"__float__": str(x)}
         if x is None or isinstance(x, (bool, int, float, str)):
@@ -140,17 +155,32 @@ def content_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     return "sha256:" + h.hexdigest()
 
 
-def save_relaxed(path: str | os.PathLike, model: nn.Module, relaxation: Relaxation, recipe: Recipe, step: int,
-                 epoch: int, trainer_state: dict[str, Any] | None = None, **metadata: Any) -> None:
+def save_relaxed(
+    path: str | os.PathLike,
+    model: nn.Module,
+    relaxation: Relaxation,
+    recipe: Recipe,
+    step: int,
+    epoch: int,
+    trainer_state: dict[str, Any] | None = None,
+    **metadata: Any,
+) -> None:
     """A relaxed checkpoint: the user's state dict, the branches (θ, γ) and, with ``trainer_state``, everything
     needed to resume (a nested state of tensors and plain values: optimiser, schedulers, RNG, counters)."""
     tensors = {f"model.{k}": v for k, v in user_state(model).items()}
     tensors.update({f"branches.{k}": v for k, v in relaxation.branch_state().items()})
     meta: dict[str, Any] = {
-        "format": RELAXED, "recipe": json.dumps(recipe.to_dict()), "step": step, "epoch": epoch,
-        "relaxed": relaxation.enabled, "versions": versions(), "theta": relaxation.theta(),
-        "sites": [s.path for s in relaxation.sites], "relax_mode": relaxation.mode,
-        "site_state": relaxation.site_stats(), **metadata,
+        "format": RELAXED,
+        "recipe": json.dumps(recipe.to_dict()),
+        "step": step,
+        "epoch": epoch,
+        "relaxed": relaxation.enabled,
+        "versions": versions(),
+        "theta": relaxation.theta(),
+        "sites": [s.path for s in relaxation.sites],
+        "relax_mode": relaxation.mode,
+        "site_state": relaxation.site_stats(),
+        **metadata,
     }
     if trainer_state is not None:
         state_tensors, skeleton = flatten_state(trainer_state, "state")
@@ -163,8 +193,15 @@ def save_projected(path: str | os.PathLike, model: nn.Module, recipe: Recipe, **
     """A projected checkpoint: exactly the keys of the user's state dict, loadable with ``strict=True``, and
     metadata naming the model component, its arguments and the recipe (``metadata`` adds to it)."""
     state = user_state(model)
-    meta = {"format": PROJECTED, "model_component": recipe.model.target, "model_kwargs": recipe.model.kwargs,
-            "recipe": recipe.to_dict(), "state_dict_keys": list(state), "versions": versions(), **metadata}
+    meta = {
+        "format": PROJECTED,
+        "model_component": recipe.model.target,
+        "model_kwargs": recipe.model.kwargs,
+        "recipe": recipe.to_dict(),
+        "state_dict_keys": list(state),
+        "versions": versions(),
+        **metadata,
+    }
     save_checkpoint(path, dict(state), meta)
 
 
@@ -203,9 +240,11 @@ def load_weights(model: nn.Module, path: str, what: str) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise RelaxError(f"{what}: {path} does not match {type(model).__name__}: missing keys {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''}")
+        raise RelaxError(
+            f"{what}: {path} does not match {type(model).__name__}: missing keys {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
     try:
         load_user_state(model, {k: v.to(expected[k].dtype) for k, v in state.items()})
     except RuntimeError as e:
@@ -254,33 +293,41 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, recipe: Rec
     """
     p = Path(path)
     if not p.exists():
-        raise RelaxError(f"checkpoint {p} does not exist; pass a .safetensors file written by 'relax train' "
-                         "(runs/<name>-<time>/checkpoints/best.safetensors) or by 'relax project'")
+        raise RelaxError(
+            f"checkpoint {p} does not exist; pass a .safetensors file written by 'relax train' "
+            "(runs/<name>-<time>/checkpoints/best.safetensors) or by 'relax project'"
+        )
     if p.is_dir():
         raise RelaxError(f"{p} is a directory; pass a checkpoint file such as {p / 'checkpoints' / 'best.safetensors'}")
     try:
         with safetensors.safe_open(str(p), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is no dict)
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise RelaxError(f"{p} is not a readable safetensors checkpoint ({type(e).__name__}: {e}); it may be "
-                         "truncated or corrupted. Use another checkpoint (e.g. checkpoints/last.safetensors).") \
-            from None
+        raise RelaxError(
+            f"{p} is not a readable safetensors checkpoint ({type(e).__name__}: {e}); it may be "
+            "truncated or corrupted. Use another checkpoint (e.g. checkpoints/last.safetensors)."
+        ) from None
     stored_hash = metadata.get(CONTENT_HASH)
     if stored_hash is not None and stored_hash != content_hash(tensors, metadata):
-        raise RelaxError(f"{p} is damaged: its content no longer matches the hash relax stored when writing it (a "
-                         "changed byte in its tensors or metadata, e.g. a disk or copy error), so nothing was used "
-                         "from it. Use another checkpoint (checkpoints/best.safetensors or last.safetensors) or a "
-                         "fresh copy of the file.")
+        raise RelaxError(
+            f"{p} is damaged: its content no longer matches the hash relax stored when writing it (a "
+            "changed byte in its tensors or metadata, e.g. a disk or copy error), so nothing was used "
+            "from it. Use another checkpoint (checkpoints/best.safetensors or last.safetensors) or a "
+            "fresh copy of the file."
+        )
     fmt = metadata.get("format")
     if fmt not in (RELAXED, PROJECTED):
-        raise RelaxError(f"{p} is a safetensors file but not a relax checkpoint (metadata 'format' is {fmt!r}, "
-                         f"expected {RELAXED!r} or {PROJECTED!r})")
+        raise RelaxError(
+            f"{p} is a safetensors file but not a relax checkpoint (metadata 'format' is {fmt!r}, "
+            f"expected {RELAXED!r} or {PROJECTED!r})"
+        )
     if recipe is None and "recipe" in metadata:
         try:
             stored = json.loads(metadata["recipe"])
         except json.JSONDecodeError as e:
             raise RelaxError(f"{p}: the stored recipe is not valid JSON ({e}); the checkpoint is damaged") from None
         recipe = recipe_from_dict(stored, source=f"{p} (stored recipe)", trust=trust)
-    return Checkpoint(p, "relaxed" if fmt == RELAXED else "projected", tensors, metadata, recipe,
-                      verified=stored_hash is not None)
+    return Checkpoint(
+        p, "relaxed" if fmt == RELAXED else "projected", tensors, metadata, recipe, verified=stored_hash is not None
+    )

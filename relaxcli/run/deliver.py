@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.graph import RelaxedModel
 from ..core.projection import verify_equivariant
 from ..core.symmetry import EquivarianceReport, equivariance_error
 from ..errors import EquivarianceError, RelaxError
@@ -27,10 +26,19 @@ from .symmetry import check_options, default_tolerance, example_inputs, sample_c
 __all__ = ["project_checkpoint", "export_checkpoint_file"]
 
 
-def project_checkpoint(path: str | Path, out: str | Path | None = None, *, tolerance: float | None = None,
-                       trials: int = 3, samples: int = 16, verify: bool = True, overwrite: bool = False,
-                       keep_gamma: bool = False, trust: bool = False,
-                       recipe: Recipe | None = None) -> tuple[Path, EquivarianceReport | None, Path | None]:
+def project_checkpoint(
+    path: str | Path,
+    out: str | Path | None = None,
+    *,
+    tolerance: float | None = None,
+    trials: int = 3,
+    samples: int = 16,
+    verify: bool = True,
+    overwrite: bool = False,
+    keep_gamma: bool = False,
+    trust: bool = False,
+    recipe: Recipe | None = None,
+) -> tuple[Path, EquivarianceReport | None, Path | None]:
     """``relax project``: strip the branches of a relaxed checkpoint, verify, and write the user's state_dict.
     Returns the output path, the equivariance report, and the projected ``.pt2`` when the model is a program.
 
@@ -66,9 +74,11 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
         model = relaxed.strip()
     is_program = getattr(model, "relax_program", None) is not None
     if is_program:
-        check_not_input(program_path(out_path), {"the checkpoint being read": ckpt.path,
-                                                 "the program the model was loaded from": _program_source(model)},
-                        "the projected program of -o")
+        check_not_input(
+            program_path(out_path),
+            {"the checkpoint being read": ckpt.path, "the program the model was loaded from": _program_source(model)},
+            "the projected program of -o",
+        )
     if is_program and program_path(out_path).exists() and not overwrite:
         raise RelaxError(f"{program_path(out_path)} already exists; pass -o with another path, or --overwrite")
     model.eval()
@@ -78,8 +88,14 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
         inputs = example_inputs(recipe, samples)
         args, kw = symmetry_args(recipe, inputs, model)
         report = verify_equivariant(model, args, tolerance=tol, samples=sample_count(inputs), ntrials=trials, **kw)
-    save_projected(out_path, model, recipe, source_checkpoint=str(ckpt.path), step=ckpt.json("step"),
-                   equivariance=None if report is None else {**_equivariance_meta(report), "tolerance": tol})
+    save_projected(
+        out_path,
+        model,
+        recipe,
+        source_checkpoint=str(ckpt.path),
+        step=ckpt.json("step"),
+        equivariance=None if report is None else {**_equivariance_meta(report), "tolerance": tol},
+    )
     program = None
     if is_program:  # a .pt2 model: the projected program as well
         program = write_verified_program(model, example_inputs(recipe, samples), program_path(out_path))
@@ -88,8 +104,13 @@ def project_checkpoint(path: str | Path, out: str | Path | None = None, *, toler
 
 def _equivariance_meta(report: EquivarianceReport) -> dict[str, Any]:
     """What a written checkpoint records of its check: the errors, and which cases on how many elements and samples."""
-    return {"relative": report.relative, "absolute": report.absolute, "cases": report.cases,
-            "elements": report.elements, "samples": report.samples}
+    return {
+        "relative": report.relative,
+        "absolute": report.absolute,
+        "cases": report.cases,
+        "elements": report.elements,
+        "samples": report.samples,
+    }
 
 
 def program_path(out: Path) -> Path:
@@ -117,18 +138,23 @@ def write_verified_program(model: nn.Module, inputs: Any, out: Path) -> Path:
         with torch.no_grad(), open(tmp, "rb") as fh:
             want, got = model(*args), torch.export.load(fh).module()(*args)
         if not torch.allclose(want, got, rtol=1e-5, atol=1e-6):
-            raise RelaxError(f"the exported program for {out} does not reproduce the model (max difference "
-                             f"{float((want - got).abs().max()):.3e}); it was not written")
+            raise RelaxError(
+                f"the exported program for {out} does not reproduce the model (max difference "
+                f"{float((want - got).abs().max()):.3e}); it was not written"
+            )
     return out
 
 
-def _export_relaxed(ckpt: Checkpoint, out_path: Path, trials: int, samples: int,
-                    verify: bool) -> tuple[Path, EquivarianceReport | None]:
+def _export_relaxed(
+    ckpt: Checkpoint, out_path: Path, trials: int, samples: int, verify: bool
+) -> tuple[Path, EquivarianceReport | None]:
     """The relaxed model with its learnt γ, as a relaxed checkpoint without training state."""
     recipe, model, relaxed = restore(ckpt)
     if relaxed is None:
-        raise RelaxError(f"{ckpt.path} holds no branches (a standard run), so there is no γ to keep; "
-                         "drop --keep-gamma to write the model")
+        raise RelaxError(
+            f"{ckpt.path} holds no branches (a standard run), so there is no γ to keep; "
+            "drop --keep-gamma to write the model"
+        )
     report = None
     if verify:
         inputs = example_inputs(recipe, samples)
@@ -140,24 +166,42 @@ def _export_relaxed(ckpt: Checkpoint, out_path: Path, trials: int, samples: int,
             raise EquivarianceError(
                 f"the relaxed model's equivariance error is not finite (relative {report.relative}, absolute "
                 f"{report.absolute}; tested {report.describe()}): its weights or outputs hold NaN or inf, so "
-                f"{out_path} was not written. Use an earlier checkpoint of the run.")
+                f"{out_path} was not written. Use an earlier checkpoint of the run."
+            )
     equivariance = None if report is None else _equivariance_meta(report)
     relaxation = build_relaxation(model, recipe, 1, 1, relaxed)  # its θ and per-site numbers are the stored ones
-    save_relaxed(out_path, model, relaxation, recipe, ckpt.json("step"), ckpt.json("epoch"),
-                 theta=ckpt.json("theta"), site_state=ckpt.json("site_state"), source_checkpoint=str(ckpt.path),
-                 equivariance=equivariance)
+    save_relaxed(
+        out_path,
+        model,
+        relaxation,
+        recipe,
+        ckpt.json("step"),
+        ckpt.json("epoch"),
+        theta=ckpt.json("theta"),
+        site_state=ckpt.json("site_state"),
+        source_checkpoint=str(ckpt.path),
+        equivariance=equivariance,
+    )
     return out_path, report
 
 
-def export_checkpoint_file(path: str | Path, out: str | Path | None = None, samples: int = 16,
-                           overwrite: bool = False, trust: bool = False, recipe: Recipe | None = None) -> Path:
+def export_checkpoint_file(
+    path: str | Path,
+    out: str | Path | None = None,
+    samples: int = 16,
+    overwrite: bool = False,
+    trust: bool = False,
+    recipe: Recipe | None = None,
+) -> Path:
     """``relax export``: a projected checkpoint as a ``torch.export`` program (``.pt2``), checked against the model.
     ``trust`` and ``recipe`` as for :func:`project_checkpoint`."""
     check_options(samples=samples)
     ckpt = load_checkpoint(path, trust=trust, recipe=recipe)
     if ckpt.kind != "projected":
-        raise RelaxError(f"{ckpt.path} is a relaxed checkpoint; project it first ('relax project {ckpt.path}') and "
-                         "export the projected checkpoint that writes")
+        raise RelaxError(
+            f"{ckpt.path} is a relaxed checkpoint; project it first ('relax project {ckpt.path}') and "
+            "export the projected checkpoint that writes"
+        )
     out_path = Path(out) if out is not None else program_path(ckpt.path)
     check_not_input(out_path, {"the checkpoint being exported": ckpt.path}, "-o")
     if out_path.exists() and not overwrite:

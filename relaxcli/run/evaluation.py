@@ -27,9 +27,11 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         0.5
     """
     if output.dim() != 2 or target.shape != output.shape[:1] or target.is_floating_point():
-        raise RelaxError(f"trainer.metrics: accuracy needs logits [batch, classes] and integer labels [batch], got "
-                         f"an output of shape {tuple(output.shape)} and a {target.dtype} target of shape "
-                         f"{tuple(target.shape)}; remove it from trainer.metrics for this task")
+        raise RelaxError(
+            f"trainer.metrics: accuracy needs logits [batch, classes] and integer labels [batch], got "
+            f"an output of shape {tuple(output.shape)} and a {target.dtype} target of shape "
+            f"{tuple(target.shape)}; remove it from trainer.metrics for this task"
+        )
     return (output.argmax(dim=-1) == target).to(torch.float64).mean()
 
 

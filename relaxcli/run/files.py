@@ -93,5 +93,7 @@ def check_not_input(output: str | os.PathLike, inputs: Mapping[str, str | os.Pat
     """
     for what, path in inputs.items():
         if path is not None and same_file(output, path):
-            raise RelaxError(f"{option} {output} is {what}: writing it would replace the command's own input, so "
-                             "nothing was written; choose another output path")
+            raise RelaxError(
+                f"{option} {output} is {what}: writing it would replace the command's own input, so "
+                "nothing was written; choose another output path"
+            )

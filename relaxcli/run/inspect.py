@@ -82,8 +82,20 @@ def site_rows(relaxed: RelaxedModel, inputs: Any) -> list[SiteRow]:
             data = torch.cat([b.rows(x) for x in b.captured]) if b.captured else None
             t = site_terms(b, data, "data")
             b.captured.clear()
-            rows.append(SiteRow(s.path, s.adapter.name, b.rep_names[0], b.rep_names[1], float(b.theta),
-                                float(b.weight.norm()), float(t.projection), float(t.lie), float(t.discrete), s.calls))
+            rows.append(
+                SiteRow(
+                    s.path,
+                    s.adapter.name,
+                    b.rep_names[0],
+                    b.rep_names[1],
+                    float(b.theta),
+                    float(b.weight.norm()),
+                    float(t.projection),
+                    float(t.lie),
+                    float(t.discrete),
+                    s.calls,
+                )
+            )
     return rows
 
 
@@ -98,8 +110,9 @@ def _learnt_notes(rows: list[SiteRow], kept: float = 0.05) -> list[str]:
     return [f"learnt schedule: {len(relaxed)} of {len(rows)} sites kept |γ| > {kept}: {listing}"]
 
 
-def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3, trust: bool = False,
-                 recipe: Recipe | None = None) -> InspectReport:
+def inspect_path(
+    path: str | Path, *, samples: int = 16, trials: int = 3, trust: bool = False, recipe: Recipe | None = None
+) -> InspectReport:
     """Inspect a recipe (``.yaml``/``.yml``) or a checkpoint (``.safetensors``). A checkpoint's stored recipe may
     only name allowlisted components unless ``trust``; ``recipe`` (one the caller holds) replaces it (see
     :func:`~relaxcli.run.checkpoint.load_checkpoint`).
@@ -123,8 +136,9 @@ def inspect_path(path: str | Path, *, samples: int = 16, trials: int = 3, trust:
         site_state = ckpt.json("site_state") or {}
         if not ckpt.verified:
             notes.append("the file has no content hash (written before relax 0.2), so damage to it cannot be detected")
-    report = InspectReport(str(p), kind, recipe.model.target, relaxed.mode if relaxed is not None else None,
-                           notes=notes)
+    report = InspectReport(
+        str(p), kind, recipe.model.target, relaxed.mode if relaxed is not None else None, notes=notes
+    )
     if relaxed is not None and relaxed.fallback_reason:
         report.notes.append(f"hooks mode: {relaxed.fallback_reason}")
     inputs = example_inputs(recipe, samples)

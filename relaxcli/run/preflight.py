@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import warnings
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError, RelaxError
-from ..recipe import Recipe, instantiate
+from ..recipe import Recipe, instantiate, locate
 from ..recipe.components import ComponentSpec
 from .build import Splits
 
@@ -31,8 +32,14 @@ SCHEDULER_TRIAL_EPOCHS = 1000
 
 
 def _raise(recipe: Recipe, problems: list[str]) -> None:
+    """One RecipeError; each problem (``"dotted.key: message"``) gets the ``file:line`` of its key in front."""
     if problems:
-        raise RecipeError(problems, recipe.source or "recipe")
+        located = []
+        for problem in problems:
+            head = problem.split(":", 1)[0]
+            key = tuple(head.split(".")) if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", head) else ()
+            located.append(f"{locate(recipe, key)}: {problem}")
+        raise RecipeError(located, recipe.source or "recipe")
 
 
 def _key(spec: ComponentSpec, name: str) -> str:
@@ -62,16 +69,21 @@ def _split_problems(recipe: Recipe, splits: Splits) -> list[str]:
         try:
             size = len(dataset)
         except TypeError:
-            problems.append(f"{_key(data, name)}: {data.target} gave {_kind(dataset)} as its {name!r} split, not a "
-                            "dataset with a length (a map-style torch Dataset, a list, ...)")
+            problems.append(
+                f"{_key(data, name)}: {data.target} gave {_kind(dataset)} as its {name!r} split, not a "
+                "dataset with a length (a map-style torch Dataset, a list, ...)"
+            )
             continue
         if size == 0:
-            problems.append(f"{_key(data, name)}: the {name!r} split of {data.target} is empty; it needs at least one "
-                            "item")
+            problems.append(
+                f"{_key(data, name)}: the {name!r} split of {data.target} is empty; it needs at least one item"
+            )
         elif name == "train" and recipe.trainer.batch_size > size:
-            problems.append(f"trainer.batch_size: {recipe.trainer.batch_size} is larger than the training split "
-                            f"({size} items of {data.target}); every epoch would be one smaller batch. Use at most "
-                            f"{size}, or more training data")
+            problems.append(
+                f"trainer.batch_size: {recipe.trainer.batch_size} is larger than the training split "
+                f"({size} items of {data.target}); every epoch would be one smaller batch. Use at most "
+                f"{size}, or more training data"
+            )
     return problems
 
 
@@ -90,9 +102,11 @@ def _input_problems(recipe: Recipe, model: nn.Module, splits: Splits) -> list[st
     problems = []
     sym = recipe.symmetry
     if sym is not None and len(sym.inputs) != n:
-        problems.append(f"symmetry.inputs: lists {len(sym.inputs)} input{'s' * (len(sym.inputs) != 1)} but the model "
-                        f"takes {n} (each item of {recipe.data.target}'s training split holds {n}); give one entry "
-                        "per model input, null for one without symmetry")
+        problems.append(
+            f"symmetry.inputs: lists {len(sym.inputs)} input{'s' * (len(sym.inputs) != 1)} but the model "
+            f"takes {n} (each item of {recipe.data.target}'s training split holds {n}); give one entry "
+            "per model input, null for one without symmetry"
+        )
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
@@ -103,8 +117,10 @@ def _input_problems(recipe: Recipe, model: nn.Module, splits: Splits) -> list[st
     takes_more = any(p.kind is P.VAR_POSITIONAL for p in params)
     if n < len(required) or (n > len(positional) and not takes_more):
         takes = f"{len(required)} to {len(positional)}" if len(required) != len(positional) else str(len(required))
-        problems.append(f"model: {recipe.model.target}.forward takes {takes} input{'s' * (takes != '1')}, but each "
-                        f"item of {recipe.data.target}'s training split holds {n}; the model and the data do not fit")
+        problems.append(
+            f"model: {recipe.model.target}.forward takes {takes} input{'s' * (takes != '1')}, but each "
+            f"item of {recipe.data.target}'s training split holds {n}; the model and the data do not fit"
+        )
     return problems
 
 
@@ -126,25 +142,32 @@ def _class_problems(recipe: Recipe, model: nn.Module, splits: Splits) -> list[st
     classes = getattr(model, "num_classes", None)
     if not isinstance(classes, int) or isinstance(classes, bool):
         return []
-    counts = [c for c in (_class_count(d) for d in (splits.train, splits.val, splits.test) if d is not None)
-              if c is not None]
+    counts = [
+        c for c in (_class_count(d) for d in (splits.train, splits.val, splits.test) if d is not None) if c is not None
+    ]
     if not counts or max(counts) <= classes:
         return []
     need = max(counts)
-    return [f"{_key(recipe.model, 'num_classes')}: {recipe.model.target} has {classes} classes, but the labels of "
-            f"{recipe.data.target} run to {need - 1} ({need} classes); set model.num_classes to {need} (or give the "
-            "data fewer classes)"]
+    return [
+        f"{_key(recipe.model, 'num_classes')}: {recipe.model.target} has {classes} classes, but the labels of "
+        f"{recipe.data.target} run to {need - 1} ({need} classes); set model.num_classes to {need} (or give the "
+        "data fewer classes)"
+    ]
 
 
 def check_components(recipe: Recipe, loss: Any, optimizer: Any) -> None:
     """The loss must be callable and the optimizer a ``torch.optim.Optimizer`` (``builtins.print`` returns None)."""
     problems = []
     if not callable(loss):
-        problems.append(f"loss._component_: {recipe.loss.target} returned {_kind(loss)}, which cannot be called; "
-                        "name a loss such as torch.nn.MSELoss (or a function of (output, target))")
+        problems.append(
+            f"loss._component_: {recipe.loss.target} returned {_kind(loss)}, which cannot be called; "
+            "name a loss such as torch.nn.MSELoss (or a function of (output, target))"
+        )
     if not isinstance(optimizer, torch.optim.Optimizer):
-        problems.append(f"optimizer._component_: {recipe.optimizer.target} returned {_kind(optimizer)}, not a "
-                        "torch.optim.Optimizer; name an optimizer such as torch.optim.Adam")
+        problems.append(
+            f"optimizer._component_: {recipe.optimizer.target} returned {_kind(optimizer)}, not a "
+            "torch.optim.Optimizer; name an optimizer such as torch.optim.Adam"
+        )
     _raise(recipe, problems)
 
 
@@ -156,8 +179,13 @@ def check_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, scheduler:
     assert spec is not None
     missing = [m for m in ("step", "state_dict", "load_state_dict") if not callable(getattr(scheduler, m, None))]
     if missing:
-        _raise(recipe, [f"scheduler._component_: {spec.target} returned {_kind(scheduler)}, which has no "
-                        f"{', '.join(missing)}; name an lr scheduler such as torch.optim.lr_scheduler.StepLR"])
+        _raise(
+            recipe,
+            [
+                f"scheduler._component_: {spec.target} returned {_kind(scheduler)}, which has no "
+                f"{', '.join(missing)}; name an lr scheduler such as torch.optim.lr_scheduler.StepLR"
+            ],
+        )
     try:  # the same optimizer class and settings, on one throwaway parameter
         trial = type(optimizer)([torch.zeros(1, requires_grad=True)], **optimizer.defaults)
         with warnings.catch_warnings():
@@ -174,15 +202,25 @@ def check_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, scheduler:
                 twin.step()
         except Exception as exc:
             message = str(exc).strip() or type(exc).__name__
-            _raise(recipe, [f"scheduler: {spec.target}({args}).step() failed after epoch {epoch} of a trial run: "
-                            f"{type(exc).__name__}: {message[:200]}; check its arguments (the trainer calls step() "
-                            "without arguments once per epoch)"])
+            _raise(
+                recipe,
+                [
+                    f"scheduler: {spec.target}({args}).step() failed after epoch {epoch} of a trial run: "
+                    f"{type(exc).__name__}: {message[:200]}; check its arguments (the trainer calls step() "
+                    "without arguments once per epoch)"
+                ],
+            )
         lr = trial.param_groups[0].get("lr")
         if isinstance(lr, torch.Tensor):
             lr = float(lr)
         if isinstance(lr, (int, float)) and not (math.isfinite(lr) and lr >= 0):
-            _raise(recipe, [f"scheduler: {spec.target}({args}) sets the learning rate to {lr} after epoch {epoch}; "
-                            "check its arguments"])
+            _raise(
+                recipe,
+                [
+                    f"scheduler: {spec.target}({args}) sets the learning rate to {lr} after epoch {epoch}; "
+                    "check its arguments"
+                ],
+            )
 
 
 def call_loss(recipe: Recipe, loss_fn: Any, output: Any, target: Any) -> torch.Tensor:
@@ -197,13 +235,26 @@ def call_loss(recipe: Recipe, loss_fn: Any, output: Any, target: Any) -> torch.T
         raise
     except Exception as exc:
         message = str(exc).strip() or type(exc).__name__
-        shapes = " and ".join(f"{what} of shape {tuple(x.shape)}" for what, x in (("an output", output),
-                              ("a target", target)) if isinstance(x, torch.Tensor))
-        raise RecipeError([f"loss: {spec.target}({args}) failed on {shapes or 'the first batch'}: "
-                           f"{type(exc).__name__}: {message[:300]}"], recipe.source or "recipe") from exc
+        shapes = " and ".join(
+            f"{what} of shape {tuple(x.shape)}"
+            for what, x in (("an output", output), ("a target", target))
+            if isinstance(x, torch.Tensor)
+        )
+        raise RecipeError(
+            [
+                f"loss: {spec.target}({args}) failed on {shapes or 'the first batch'}: "
+                f"{type(exc).__name__}: {message[:300]}"
+            ],
+            recipe.source or "recipe",
+        ) from exc
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
         return value
     shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
-    _raise(recipe, [f"loss: {spec.target}({args}) returned {_kind(value)}{shape}, not a one-element floating tensor "
-                    "(a mean over the batch); with torch losses, keep reduction 'mean' or 'sum'"])
+    _raise(
+        recipe,
+        [
+            f"loss: {spec.target}({args}) returned {_kind(value)}{shape}, not a one-element floating tensor "
+            "(a mean over the batch); with torch losses, keep reduction 'mean' or 'sum'"
+        ],
+    )
     return value

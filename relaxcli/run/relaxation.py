@@ -73,7 +73,7 @@ class Relaxation:
     def regularize(self) -> tuple[torch.Tensor | float, dict[str, float]]:
         """The weighted regulariser over the inputs the last forward pass captured, and its numbers to log."""
         reg = self.regularizer(self.relaxed)
-        return reg.total, {"reg": float(reg.total.detach()), **reg.summary(), "theta": self.theta()}
+        return reg.total, {"reg": float(reg.total.detach()), **reg.summary(), **self.schedule.summary(self.relaxed)}
 
     def penalty(self) -> torch.Tensor | None:
         return self.schedule.penalty(self.relaxed)
@@ -89,8 +89,8 @@ class Relaxation:
 
     def release(self) -> None:
         """Drop inputs captured for the regulariser (after an evaluation pass)."""
-        for b in self.relaxed.branches.values():
-            b.captured.clear()
+        for s in self.relaxed.sites:
+            s.branch.captured.clear()
 
     def theta(self) -> float | None:
         """The mean θ (γ) over the sites."""
@@ -108,8 +108,13 @@ class Relaxation:
             extra = self.schedule.site_state(self.relaxed)
             for s in self.relaxed.sites:
                 t = site_terms(s.branch, None, "weight")
-                out[s.path] = {"theta": float(s.branch.theta), "weight_norm": float(t.projection),
-                               "lie": float(t.lie), "discrete": float(t.discrete), **extra.get(s.path, {})}
+                out[s.path] = {
+                    "theta": float(s.branch.theta),
+                    "weight_norm": float(t.projection),
+                    "lie": float(t.lie),
+                    "discrete": float(t.discrete),
+                    **extra.get(s.path, {}),
+                }
         return out
 
     def branch_state(self) -> dict[str, torch.Tensor]:
@@ -132,7 +137,7 @@ class NoRelaxation(Relaxation):
 
     enabled = False
 
-    def __init__(self, model: nn.Module) -> None:  # noqa: D107  (no relaxed model, regulariser or schedule)
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
 
     @property

@@ -174,8 +174,14 @@ def _log_y(ax: Any, values: Iterable[float]) -> None:
 
 def _site_legend(ax: Any, n_sites: int) -> None:
     if n_sites > _MANY_SITES:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small", frameon=False,
-                  title="site", title_fontsize="small")
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize="x-small",
+            frameon=False,
+            title="site",
+            title_fontsize="small",
+        )
     elif n_sites:
         ax.legend(fontsize="small", title="site", title_fontsize="small")
 
@@ -209,8 +215,14 @@ def _plot_loss(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
             ax.plot(*task, lw=1.2, color="C0", label="task loss")
         relaxed_run = any(_number(r.get("reg")) is not None for r in train)
         if total[0] and (relaxed_run or not task[0]):
-            ax.plot(*total, lw=1.0, color="C7", alpha=0.7, ls="--",
-                    label="total (task + regularisers)" if relaxed_run else "total loss")
+            ax.plot(
+                *total,
+                lw=1.0,
+                color="C7",
+                alpha=0.7,
+                ls="--",
+                label="total (task + regularisers)" if relaxed_run else "total loss",
+            )
         _log_y(ax, task[1] + total[1])
         ax.set_title("Training")
         ax.set_ylabel("training loss")
@@ -222,15 +234,31 @@ def _plot_loss(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
         if relaxed[0]:
             ax.plot(*relaxed, marker="o", ms=3, lw=1.2, color="C2", label="relaxed")
         if test_projected[0]:  # drawn larger and above the relaxed marker: equal values stay visible
-            ax.scatter(*test_projected, marker="o", s=110, facecolor="none", edgecolor="C1", lw=2, zorder=5,
-                       label="test, projected (θ=0)")
+            ax.scatter(
+                *test_projected,
+                marker="o",
+                s=110,
+                facecolor="none",
+                edgecolor="C1",
+                lw=2,
+                zorder=5,
+                label="test, projected (θ=0)",
+            )
         if test_relaxed[0]:
             ax.scatter(*test_relaxed, marker="X", s=45, color="C2", edgecolor="k", zorder=4, label="test, relaxed")
         best = _best_eval(records)
         if best is not None:
             bx, by = float(best["step"]), float(best["val_projected"])
-            ax.scatter([bx], [by], marker="*", s=200, color="gold", edgecolor="k", zorder=5,
-                       label=f"best (step {int(bx)}: {by:.4g})")
+            ax.scatter(
+                [bx],
+                [by],
+                marker="*",
+                s=200,
+                color="gold",
+                edgecolor="k",
+                zorder=5,
+                label=f"best (step {int(bx)}: {by:.4g})",
+            )
         _log_y(ax, projected[1] + relaxed[1] + test_projected[1] + test_relaxed[1])
         ax.set_title("Validation and test (the recipe's loss)")
         ax.set_ylabel("loss")
@@ -245,8 +273,11 @@ def _plot_theta(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
     if not theta[0]:  # a log with only eval lines
         theta, source = _series(_of_kind(records, "eval"), "theta"), "eval"
     evals = _of_kind(records, "eval")
-    learnt = [k for k in dict.fromkeys(k for r in evals for v in (r.get("sites") or {}).values() for k in v)
-              if k not in SITE_KEYS]  # a learnt schedule's own per-site numbers (ACE: gamma, lambda, u)
+    learnt = [
+        k
+        for k in dict.fromkeys(k for r in evals for v in (r.get("sites") or {}).values() for k in v)
+        if k not in SITE_KEYS
+    ]  # a learnt schedule's own per-site numbers (ACE: gamma, lambda, u)
     per_site = [(key, f"Per-site {symbol(key)}", series) for key in learnt if (series := _site_series(evals, key))]
     if per_site:  # a learnt θ (ACE's γ) is shown per site; the mean-θ panel adds nothing
         theta = ([], [])
@@ -260,7 +291,7 @@ def _plot_theta(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         ax.plot(*theta, lw=1.5, color="C3", marker="o" if source == "eval" else None, ms=3)
         ax.set_title("Relaxation strength θ" + (" (from eval lines)" if source == "eval" else ""))
         ax.set_ylabel("θ")
-    for ax, (key, title, series) in zip(axes[int(bool(theta[0])):], per_site):
+    for ax, (key, title, series) in zip(axes[int(bool(theta[0])) :], per_site):
         for (site, (steps, values)), style in zip(series.items(), _site_styles(len(series))):
             ax.plot(steps, values, marker="o", ms=3, lw=1.0, label=site, **style)
         ax.set_title(title)
@@ -277,8 +308,10 @@ def _plot_lie(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     lies, thetas = _site_series(evals, "lie"), _site_series(evals, "theta")
     if not lies:
         return None
-    scaled = {site: (steps, [abs(t) * v for t, v in zip(thetas.get(site, (steps, [1.0] * len(values)))[1], values)])
-              for site, (steps, values) in lies.items()}
+    scaled = {
+        site: (steps, [abs(t) * v for t, v in zip(thetas.get(site, (steps, [1.0] * len(values)))[1], values)])
+        for site, (steps, values) in lies.items()
+    }
     fig, (ax,) = _new_figure(1, width=7.5 + (2.5 if len(lies) > _MANY_SITES else 0.0), height_per_row=4.0)
     for (site, (steps, values)), style in zip(scaled.items(), _site_styles(len(scaled))):
         ax.plot(steps, values, marker="o", ms=3, lw=1.0, label=site, **style)
@@ -333,8 +366,16 @@ def write_comparison(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], pa
             val_ax.plot(*relaxed, lw=1.0, ls="--", color=color, alpha=0.8, label=f"{label}: relaxed")
         test = _series(tests, "test_projected")
         if test[0]:
-            val_ax.scatter(*test, marker="o", s=90, facecolor="none", edgecolor=color, lw=2, zorder=5,
-                           label=f"{label}: test {test[1][-1]:.4g}")
+            val_ax.scatter(
+                *test,
+                marker="o",
+                s=90,
+                facecolor="none",
+                edgecolor=color,
+                lw=2,
+                zorder=5,
+                label=f"{label}: test {test[1][-1]:.4g}",
+            )
         task = _series(_of_kind(records, "train"), "task")
         train_ax.plot(*task, lw=1.0, color=color, label=label)
         values += projected[1] + relaxed[1] + test[1]

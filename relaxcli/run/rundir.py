@@ -41,8 +41,20 @@ try:
 except ImportError:  # not POSIX: no lock (relax is tested on Linux and macOS)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MARKER", "LOCK", "RUN_FORMAT", "RunDir", "RunLock", "prepare", "reopen", "check_resumable", "lock",
-           "is_run_dir", "relax_files", "recipe_inputs"]
+__all__ = [
+    "MARKER",
+    "LOCK",
+    "RUN_FORMAT",
+    "RunDir",
+    "RunLock",
+    "prepare",
+    "reopen",
+    "check_resumable",
+    "lock",
+    "is_run_dir",
+    "relax_files",
+    "recipe_inputs",
+]
 
 MARKER = ".relax-run"
 LOCK = ".relax-lock"
@@ -51,9 +63,11 @@ RUN_FORMAT = "relaxcli/run/1"
 #: What relax writes at the top of a run directory (besides ``checkpoints/`` and ``plots/``).
 _TOP_FILES = frozenset({MARKER, LOCK, "recipe.yaml", "metrics.jsonl", "metrics.csv", "summary.json"})
 #: Checkpoints the trainer writes, and what ``relax project`` / ``relax export`` write beside them by default.
-_CHECKPOINT_FILES = frozenset(f"{stem}{suffix}" for stem in ("last", "best", "best_relaxed")
-                              for suffix in (".safetensors", ".projected.safetensors", ".relaxed.safetensors",
-                                             ".projected.pt2"))
+_CHECKPOINT_FILES = frozenset(
+    f"{stem}{suffix}"
+    for stem in ("last", "best", "best_relaxed")
+    for suffix in (".safetensors", ".projected.safetensors", ".relaxed.safetensors", ".projected.pt2")
+)
 _PLOT_FILES = frozenset({"loss.png", "theta.png", "lie.png"})
 _OWN_DIRS = {"checkpoints": _CHECKPOINT_FILES, "plots": _PLOT_FILES}
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # left by a killed atomic write (files.atomic_path)
@@ -120,9 +134,11 @@ def lock(run_dir: str | os.PathLike) -> RunLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RelaxError(f"run directory {run_dir} is in use by another relax process ({_holder(path)}, which holds "
-                         f"{path}); wait for it to finish or stop it, or choose another --run-dir. Only one process "
-                         "at a time trains or resumes a run directory.") from None
+        raise RelaxError(
+            f"run directory {run_dir} is in use by another relax process ({_holder(path)}, which holds "
+            f"{path}); wait for it to finish or stop it, or choose another --run-dir. Only one process "
+            "at a time trains or resumes a run directory."
+        ) from None
     except OSError:  # a file system without locks (some network mounts): run unlocked rather than not at all
         os.close(fd)
         return RunLock(path, None)
@@ -178,8 +194,13 @@ def _owned(name: str, names: frozenset[str]) -> bool:
     return name in names or (temp is not None and temp["name"] in names)
 
 
-def prepare(run_dir: Path | None, runs_root: Path, name: str, overwrite: bool = False,
-            inputs: Mapping[str, str | os.PathLike | None] | None = None) -> RunDir:
+def prepare(
+    run_dir: Path | None,
+    runs_root: Path,
+    name: str,
+    overwrite: bool = False,
+    inputs: Mapping[str, str | os.PathLike | None] | None = None,
+) -> RunDir:
     """Claim a new run directory: create it (or take an empty one), lock it and write the marker.
 
     Args:
@@ -201,45 +222,61 @@ def prepare(run_dir: Path | None, runs_root: Path, name: str, overwrite: bool = 
     if run_dir is None:
         return _claim_fresh(runs_root, name)
     if run_dir.is_symlink() and overwrite:
-        raise RelaxError(f"--run-dir {run_dir} is a symbolic link (to {os.readlink(run_dir)}); --overwrite replaces "
-                         f"only a real run directory, so give the directory itself ({run_dir.resolve()})")
+        raise RelaxError(
+            f"--run-dir {run_dir} is a symbolic link (to {os.readlink(run_dir)}); --overwrite replaces "
+            f"only a real run directory, so give the directory itself ({run_dir.resolve()})"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise RelaxError(f"--run-dir {run_dir} is a file; give a directory")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RelaxError(f"cannot create the run directory {run_dir} ({e.strerror or e}); choose another --run-dir") \
-            from None
+        raise RelaxError(
+            f"cannot create the run directory {run_dir} ({e.strerror or e}); choose another --run-dir"
+        ) from None
     names = {p.name for p in run_dir.iterdir()}
     if names and not names & {MARKER, LOCK}:  # a folder relax did not create: never touched, never locked
         if overwrite:
-            legacy = " (a run directory of relax 0.1.0 gets the marker when resumed once with 'relax train --resume')" \
-                if {"recipe.yaml", "checkpoints"} <= names else ""
-            raise RelaxError(f"refusing to replace {run_dir} for --overwrite: it is not a relax run directory (it has "
-                             f"no {MARKER} marker, which relax writes into every run directory it creates){legacy}; "
-                             "nothing in it was touched. Choose another --run-dir.")
-        raise RelaxError(f"run directory {run_dir} exists and is not empty; choose another --run-dir, or pass "
-                         f"--overwrite to replace it (only a run directory relax created, with its {MARKER} marker, "
-                         "is replaced)")
+            legacy = (
+                " (a run directory of relax 0.1.0 gets the marker when resumed once with 'relax train --resume')"
+                if {"recipe.yaml", "checkpoints"} <= names
+                else ""
+            )
+            raise RelaxError(
+                f"refusing to replace {run_dir} for --overwrite: it is not a relax run directory (it has "
+                f"no {MARKER} marker, which relax writes into every run directory it creates){legacy}; "
+                "nothing in it was touched. Choose another --run-dir."
+            )
+        raise RelaxError(
+            f"run directory {run_dir} exists and is not empty; choose another --run-dir, or pass "
+            f"--overwrite to replace it (only a run directory relax created, with its {MARKER} marker, "
+            "is replaced)"
+        )
     held = lock(run_dir)  # names the holder when another process is starting or running here
     try:
         mine, other = relax_files(run_dir)
         if other:
             shown = ", ".join(str(p) for p in other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
-            raise RelaxError(f"refusing to replace {run_dir}{' for --overwrite' if overwrite else ''}: it holds "
-                             f"{shown}, which relax did not write there (it replaces only its own checkpoints, "
-                             "metrics, plots, recipe.yaml and summary.json). Move that out of the way or choose "
-                             "another --run-dir; nothing was removed.")
+            raise RelaxError(
+                f"refusing to replace {run_dir}{' for --overwrite' if overwrite else ''}: it holds "
+                f"{shown}, which relax did not write there (it replaces only its own checkpoints, "
+                "metrics, plots, recipe.yaml and summary.json). Move that out of the way or choose "
+                "another --run-dir; nothing was removed."
+            )
         existing = [p for p in mine if p.name not in (MARKER, LOCK)]
         if existing and not overwrite:
-            raise RelaxError(f"run directory {run_dir} exists and is not empty; choose another --run-dir, or pass "
-                             "--overwrite to replace it")
+            raise RelaxError(
+                f"run directory {run_dir} exists and is not empty; choose another --run-dir, or pass "
+                "--overwrite to replace it"
+            )
         for what, path in (inputs or {}).items():
             hit = next((p for p in existing if path is not None and p.is_file() and same_file(p, path)), None)
             if hit is not None:
-                raise RelaxError(f"refusing to replace {run_dir} for --overwrite: {hit} is {what}, which this "
-                                 "command reads, and replacing the run would delete it; copy it out of the run "
-                                 "directory and pass the copy. Nothing was removed.")
+                raise RelaxError(
+                    f"refusing to replace {run_dir} for --overwrite: {hit} is {what}, which this "
+                    "command reads, and replacing the run would delete it; copy it out of the run "
+                    "directory and pass the copy. Nothing was removed."
+                )
         for path in existing:  # files before the folders that hold them
             path.rmdir() if path.is_dir() else path.unlink()
         _write_marker(run_dir)
@@ -278,17 +315,24 @@ def check_resumable(run_dir: Path) -> None:
         relaxcli.errors.RelaxError: thesis is not a run directory: it has no .relax-run marker ...
     """
     if not run_dir.is_dir():
-        raise RelaxError(f"{run_dir} is not a run directory: "
-                         + ("it does not exist" if not run_dir.exists() else "it is a file")
-                         + "; give the folder 'relax train' wrote, e.g. runs/<name>-<time>")
-    legacy = (run_dir / "recipe.yaml").is_file() and ((run_dir / "checkpoints").is_dir()
-                                                       or (run_dir / "metrics.jsonl").is_file())
+        raise RelaxError(
+            f"{run_dir} is not a run directory: "
+            + ("it does not exist" if not run_dir.exists() else "it is a file")
+            + "; give the folder 'relax train' wrote, e.g. runs/<name>-<time>"
+        )
+    legacy = (run_dir / "recipe.yaml").is_file() and (
+        (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()
+    )
     if not is_run_dir(run_dir) and not legacy:
-        raise RelaxError(f"{run_dir} is not a run directory: it has no {MARKER} marker (nor, as runs of relax 0.1.0 "
-                         "do, a recipe.yaml beside checkpoints/); give the folder 'relax train' wrote")
+        raise RelaxError(
+            f"{run_dir} is not a run directory: it has no {MARKER} marker (nor, as runs of relax 0.1.0 "
+            "do, a recipe.yaml beside checkpoints/); give the folder 'relax train' wrote"
+        )
     if not (run_dir / "recipe.yaml").is_file():
-        raise RelaxError(f"{run_dir} is not a run directory: it has no recipe.yaml (it was stopped before it began "
-                         f"training; start it again with 'relax train RECIPE --run-dir {run_dir} --overwrite')")
+        raise RelaxError(
+            f"{run_dir} is not a run directory: it has no recipe.yaml (it was stopped before it began "
+            f"training; start it again with 'relax train RECIPE --run-dir {run_dir} --overwrite')"
+        )
 
 
 def recipe_inputs(recipe_path: str | os.PathLike, recipe: Mapping[str, Any]) -> dict[str, Path]:

@@ -46,6 +46,7 @@ from .progress import Mode, Progress
 from .relaxation import Relaxation
 from .reports import write_csv, write_plots
 from .runlog import MetricsLog, strict_json
+from .symmetry import check_before_training
 
 __all__ = ["Trainer", "check_checkpoints", "remove_leftovers"]
 
@@ -90,6 +91,10 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.relaxation: Relaxation = build_relaxation(self.model, recipe, self.total_steps, self.steps_per_epoch)
         self.net = self.relaxation.net.to(self.device)
+        with self.relaxation.projected():  # the model as it starts: its symmetry section must fit it, and hold
+            self.symmetry_check = check_before_training(
+                recipe, self.net, self.splits, self.device, self.relaxation.enabled
+            )
         self.loss_fn = instantiate(recipe.loss)
         self.optimizer = instantiate(recipe.optimizer, self.relaxation.param_groups())
         check_components(recipe, self.loss_fn, self.optimizer)
@@ -167,9 +172,16 @@ class Trainer:
                 mean = {k: v / count for k, v in window.items()}
                 if "theta" in record:  # θ as set at this step (a window mean would hide its peak and its final 0)
                     mean["theta"] = record["theta"]
-                self.log.append({"kind": "train", "step": self.step, "epoch": self.epoch + 1, **mean,
-                                 "lr": self.optimizer.param_groups[0]["lr"],
-                                 "time": round(time.time() - self._start_time, 3)})
+                self.log.append(
+                    {
+                        "kind": "train",
+                        "step": self.step,
+                        "epoch": self.epoch + 1,
+                        **mean,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "time": round(time.time() - self._start_time, 3),
+                    }
+                )
                 progress.update(self, mean["loss"])
                 window, count = {}, 0
 
@@ -198,8 +210,10 @@ class Trainer:
         loss_value = float(data_loss.detach()) + record.get("penalty", 0.0)
         record = self.dist.weighted_mean({"loss": loss_value, "task": float(task.detach()), **record}, share)
         if not math.isfinite(record["loss"]):
-            raise RelaxError(f"the loss became {record['loss']} at step {self.step} (epoch {self.epoch + 1}); lower "
-                             "the learning rate, set trainer.grad_clip, or lower relax.theta.max")
+            raise RelaxError(
+                f"the loss became {record['loss']} at step {self.step} (epoch {self.epoch + 1}); lower "
+                "the learning rate, set trainer.grad_clip, or lower relax.theta.max"
+            )
         return record
 
     def dry_run(self) -> tuple[dict[str, float], dict[str, int]]:
@@ -236,8 +250,9 @@ class Trainer:
         if self.dist.enabled:  # each process evaluates every world-th item; the sums are reduced below
             dataset = Subset(dataset, shard(len(dataset), self.dist))
         cfg = self.recipe.trainer
-        loader = DataLoader(dataset, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
-                            num_workers=cfg.num_workers)
+        loader = DataLoader(
+            dataset, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.num_workers
+        )
         self.net.eval()
         # loss·n, n, items with a non-finite target, input, output, then each metric·n
         sums = torch.zeros(5 + len(cfg.metrics), dtype=torch.float64)
@@ -275,17 +290,26 @@ class Trainer:
         targets, inputs, outputs = counts
         where = f"at epoch {self.epoch} (step {self.step})" if split == "val" else "at the best checkpoint"
         if targets or inputs:
-            found = " and ".join(f"{c} of {n} items with a non-finite {what} (NaN or inf)"
-                                 for c, what in ((targets, "target"), (inputs, "input")) if c)
-            return (f"the {name} split has {found}, so its loss and metrics are not numbers; fix or drop those items "
-                    f"in the data (data: {self.recipe.data.target}).")
+            found = " and ".join(
+                f"{c} of {n} items with a non-finite {what} (NaN or inf)"
+                for c, what in ((targets, "target"), (inputs, "input"))
+                if c
+            )
+            return (
+                f"the {name} split has {found}, so its loss and metrics are not numbers; fix or drop those items "
+                f"in the data (data: {self.recipe.data.target})."
+            )
         if outputs:
-            return (f"the {kind} model gives non-finite outputs (NaN or inf) on {outputs} of {n} {name} items {where}, "
-                    "although their inputs and targets are finite: the training diverged. Lower the learning rate, "
-                    "set trainer.grad_clip, or lower relax.theta.max.")
-        return (f"the {kind} model's {name} loss or metrics are not finite {where} although all {n} {name} items and "
-                "outputs are: the values overflow. Check the loss and trainer.metrics for this data (or use "
-                "trainer.dtype: float64).")
+            return (
+                f"the {kind} model gives non-finite outputs (NaN or inf) on {outputs} of {n} {name} items {where}, "
+                "although their inputs and targets are finite: the training diverged. Lower the learning rate, "
+                "set trainer.grad_clip, or lower relax.theta.max."
+            )
+        return (
+            f"the {kind} model's {name} loss or metrics are not finite {where} although all {n} {name} items and "
+            "outputs are: the values overflow. Check the loss and trainer.metrics for this data (or use "
+            "trainer.dtype: float64)."
+        )
 
     def _evaluate_and_keep_best(self) -> None:
         val_projected = self.evaluate("val", projected=True)
@@ -301,9 +325,19 @@ class Trainer:
         if self.relaxation.keeps_relaxation and val_relaxed is not None and val_relaxed < self.best_relaxed_val:
             self.best_relaxed_val = val_relaxed
             self._save("best_relaxed", with_state=False)
-        self.log.append({"kind": "eval", "step": self.step, "epoch": self.epoch, "val_projected": val_projected,
-                         "val_relaxed": val_relaxed, **extra, "theta": self.relaxation.theta(),
-                         "best": best, "sites": self.relaxation.site_stats()})
+        self.log.append(
+            {
+                "kind": "eval",
+                "step": self.step,
+                "epoch": self.epoch,
+                "val_projected": val_projected,
+                "val_relaxed": val_relaxed,
+                **extra,
+                "theta": self.relaxation.theta(),
+                "best": best,
+                "sites": self.relaxation.site_stats(),
+            }
+        )
         self.last_eval = (val_projected, val_relaxed)
 
     def _test(self) -> dict[str, Any]:
@@ -319,25 +353,45 @@ class Trainer:
             if self.relaxation.enabled:
                 test_relaxed = self.evaluate("test", False)
                 extra.update(self.extra_metrics)
-        record = {"kind": "test", "step": int(ckpt.json("step")), "epoch": int(ckpt.json("epoch")),
-                  "val_projected": self.best_val, "test_projected": test_projected, "test_relaxed": test_relaxed,
-                  **extra}
+        record = {
+            "kind": "test",
+            "step": int(ckpt.json("step")),
+            "epoch": int(ckpt.json("epoch")),
+            "val_projected": self.best_val,
+            "test_projected": test_projected,
+            "test_relaxed": test_relaxed,
+            **extra,
+        }
         kept: dict[str, Any] = {}
         if self.relaxation.keeps_relaxation:  # the relaxed model at its own best (γ kept) is a deliverable too
             path = self.ckpt_dir / "best_relaxed.safetensors"
             ckpt = load_checkpoint(path, recipe=self.recipe)
             self._load_weights(ckpt)
-            kept = {"best_relaxed_epoch": int(ckpt.json("epoch")), "val_relaxed": self.best_relaxed_val,
-                    "test_relaxed_kept": self.evaluate("test", False) if self.splits.test is not None else None}
+            kept = {
+                "best_relaxed_epoch": int(ckpt.json("epoch")),
+                "val_relaxed": self.best_relaxed_val,
+                "test_relaxed_kept": self.evaluate("test", False) if self.splits.test is not None else None,
+            }
             if self.splits.test is not None:
                 kept.update({k.replace("test_relaxed", "test_relaxed_kept"): v for k, v in self.extra_metrics.items()})
             record.update(kept)
             kept["best_relaxed_checkpoint"] = str(path)
         self.log.append(record)
-        return {"name": self.recipe.name, "seed": self.recipe.seed, "relaxed": self.relaxation.enabled,
-                "best_epoch": record["epoch"], "best_step": record["step"], "val_projected": self.best_val,
-                "test_projected": test_projected, "test_relaxed": test_relaxed, "steps": self.step,
-                "run_dir": str(self.run_dir), "best_checkpoint": str(best), **extra, **kept}
+        return {
+            "name": self.recipe.name,
+            "seed": self.recipe.seed,
+            "relaxed": self.relaxation.enabled,
+            "best_epoch": record["epoch"],
+            "best_step": record["step"],
+            "val_projected": self.best_val,
+            "test_projected": test_projected,
+            "test_relaxed": test_relaxed,
+            "steps": self.step,
+            "run_dir": str(self.run_dir),
+            "best_checkpoint": str(best),
+            **extra,
+            **kept,
+        }
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _save(self, which: str, with_state: bool) -> None:
@@ -345,15 +399,26 @@ class Trainer:
             return
         state = None
         if with_state:
-            state = {"optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                     "schedule": self.relaxation.state_dict(),
-                     "rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
-                     "best_val": self.best_val, "best_epoch": self.best_epoch,
-                     "best_relaxed_val": self.best_relaxed_val,
-                     "metrics_lines": MetricsLog.count_lines(self.metrics_path)}
-        save_relaxed(self.ckpt_dir / f"{which}.safetensors", self.model, self.relaxation, self.recipe, self.step,
-                     self.epoch, state)
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "schedule": self.relaxation.state_dict(),
+                "rng": torch.get_rng_state(),
+                "python_rng": list(random.getstate()[1]),
+                "best_val": self.best_val,
+                "best_epoch": self.best_epoch,
+                "best_relaxed_val": self.best_relaxed_val,
+                "metrics_lines": MetricsLog.count_lines(self.metrics_path),
+            }
+        save_relaxed(
+            self.ckpt_dir / f"{which}.safetensors",
+            self.model,
+            self.relaxation,
+            self.recipe,
+            self.step,
+            self.epoch,
+            state,
+        )
 
     def _load_weights(self, ckpt: Checkpoint) -> None:
         load_user_state(self.model, ckpt.model_state())

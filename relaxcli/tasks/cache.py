@@ -26,7 +26,6 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "relaxcli"
 
 
-
 def read_npz(path: Path, meta: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
     """The cached arrays ``keys``, or ``None`` if the file is unreadable, incomplete or for other parameters."""
     try:
@@ -36,7 +35,6 @@ def read_npz(path: Path, meta: str, keys: tuple[str, ...]) -> dict[str, np.ndarr
             return {key: npz[key] for key in keys}
     except (OSError, KeyError, ValueError):
         return None
-
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: str, keys: tuple[str, ...]) -> None:

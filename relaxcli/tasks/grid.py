@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,8 +19,6 @@ from ..core.reps import default_dtype
 from .cache import SPLITS
 
 __all__ = ["simulate_allen_cahn", "smooth_fields", "FieldSplit", "AllenCahnData", "SteerableCNN"]
-
-
 
 
 def simulate_allen_cahn(u0: np.ndarray, steps: int = 20, dt: float = 0.1, diffusion: float = 1.0) -> np.ndarray:
@@ -75,8 +75,18 @@ class AllenCahnData:
         torch.Size([1, 32, 32])
     """
 
-    def __init__(self, train: int = 256, val: int = 128, test: int = 128, size: int = 32, steps: int = 20,
-                 dt: float = 0.1, diffusion: float = 1.0, length_scale: float = 3.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        train: int = 256,
+        val: int = 128,
+        test: int = 128,
+        size: int = 32,
+        steps: int = 20,
+        dt: float = 0.1,
+        diffusion: float = 1.0,
+        length_scale: float = 3.0,
+        seed: int = 0,
+    ) -> None:
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if dt * diffusion > 0.25:
@@ -91,7 +101,6 @@ class AllenCahnData:
 
     def __repr__(self) -> str:
         return f"AllenCahnData({self.sizes})"
-
 
 
 class SteerableCNN(nn.Module):
@@ -116,8 +125,9 @@ class SteerableCNN(nn.Module):
         torch.Size([2, 1, 32, 32])
     """
 
-    def __init__(self, group: str = "C", n: int = 4, channels: int = 8, num_layers: int = 3,
-                 kernel_size: int = 5) -> None:
+    def __init__(
+        self, group: str = "C", n: int = 4, channels: int = 8, num_layers: int = 3, kernel_size: int = 5
+    ) -> None:
         super().__init__()
         from ..ops.steerable import import_escnn
 
@@ -136,7 +146,7 @@ class SteerableCNN(nn.Module):
             pad = kernel_size // 2
             layers: list[nn.Module] = []
             types = [self.in_type] + [hidden] * (num_layers - 1) + [self.out_type]
-            for i, (a, b) in enumerate(zip(types[:-1], types[1:])):
+            for i, (a, b) in enumerate(itertools.pairwise(types)):
                 layers.append(esnn.R2Conv(a, b, kernel_size, padding=pad, padding_mode="circular"))
                 if i < num_layers - 1:
                     layers.append(esnn.ReLU(b))
@@ -147,4 +157,3 @@ class SteerableCNN(nn.Module):
         from escnn.nn import GeometricTensor  # imported by __init__ already
 
         return u0 + self.net(GeometricTensor(u0, self.in_type)).tensor
-

@@ -42,7 +42,6 @@ from e3nn import o3
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..core.reps import default_dtype
 from .cache import SPLITS, default_cache_dir, read_npz, write_npz
 
 __all__ = [
@@ -208,7 +207,6 @@ def baseline_mse(arrays: dict[str, np.ndarray], frames: tuple[int, int] = (30, 4
 # ----------------------------------------------------------------------------------------------------------
 
 
-
 class NBodySplit(Dataset):
     """One split as a map-style dataset of ``((pos [N,3], vel [N,3], charges [N,1]), target_pos [N,3])``.
 
@@ -348,7 +346,6 @@ class NBodyData:
         return f"NBodyData({sizes}, seed={self.seed}, field={self.field}, frames={self.frames})"
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # The reference model
 # ----------------------------------------------------------------------------------------------------------
@@ -373,8 +370,9 @@ class _GatedTP(nn.Module):
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
         gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
-        self.gate = enn.Gate(scalars, [torch.nn.functional.silu] * len(scalars),
-                             gates, [torch.sigmoid] * len(gates), gated)
+        self.gate = enn.Gate(
+            scalars, [torch.nn.functional.silu] * len(scalars), gates, [torch.sigmoid] * len(gates), gated
+        )
         self.tp = o3.FullyConnectedTensorProduct(irreps_in, irreps_attr, self.gate.irreps_in)
 
     def forward(self, x: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
@@ -389,8 +387,16 @@ class _SEGNNLayer(nn.Module):
         self.update1 = _GatedTP((hidden + hidden).simplify(), attr, hidden)
         self.update2 = o3.FullyConnectedTensorProduct(hidden, attr, hidden)
 
-    def forward(self, h: torch.Tensor, edge_attr: torch.Tensor, node_attr: torch.Tensor, src: torch.Tensor,
-                dst: torch.Tensor, edge_scalars: torch.Tensor, inv_degree: float) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        edge_attr: torch.Tensor,
+        node_attr: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        edge_scalars: torch.Tensor,
+        inv_degree: float,
+    ) -> torch.Tensor:
         m = self.message1(torch.cat([h[dst], h[src], edge_scalars], dim=-1), edge_attr)
         m = self.message2(m, edge_attr)
         agg = h.new_zeros(h.shape[0], m.shape[-1]).index_add(0, dst, m) * inv_degree
@@ -445,4 +451,3 @@ class SEGNN(nn.Module):
             h = layer(h, edge_attr, node_attr, src, dst, edge_scalars, inv_degree)
         h = self.readout1(h, node_attr)
         return pos + self.readout2(h).reshape(num_systems, num_nodes, 3)
-

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -52,7 +51,14 @@ POINTCLOUD_VERSION = "pointcloud-v1"
 
 #: The shape classes, in label order.
 POINTCLOUD_CLASSES: tuple[str, ...] = (
-    "sphere", "box", "cylinder", "cone", "torus", "tetrahedron", "octahedron", "capsule",
+    "sphere",
+    "box",
+    "cylinder",
+    "cone",
+    "torus",
+    "tetrahedron",
+    "octahedron",
+    "capsule",
 )
 
 #: Samples per random stream (see above).
@@ -231,11 +237,14 @@ def _random_rotations(rng: np.random.Generator, m: int) -> np.ndarray:
     """``[M, 3, 3]`` Haar-random rotations (unit quaternions from a 4D normal), float64."""
     q = rng.standard_normal((m, 4))
     w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], axis=-1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], axis=-1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=-1),
-    ], axis=1)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], axis=-1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], axis=-1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=-1),
+        ],
+        axis=1,
+    )
 
 
 def _check_classes(classes: Any) -> tuple[str, ...]:
@@ -294,11 +303,14 @@ def sample_shapes(
             points = np.einsum("bij,bnj->bni", rotations, points)
         if noise:
             points = points + float(noise) * rng.standard_normal(points.shape)
-        blocks.append({"points": points, "labels": labels.astype(np.int64), "params": params,
-                       "rotations": rotations})
+        blocks.append({"points": points, "labels": labels.astype(np.int64), "params": params, "rotations": rotations})
     if not blocks:
-        return {"points": np.zeros((0, N, 3)), "labels": np.zeros(0, np.int64), "params": np.zeros((0, 3)),
-                "rotations": np.zeros((0, 3, 3))}
+        return {
+            "points": np.zeros((0, N, 3)),
+            "labels": np.zeros(0, np.int64),
+            "params": np.zeros((0, 3)),
+            "rotations": np.zeros((0, 3, 3)),
+        }
     return {key: np.concatenate([b[key] for b in blocks])[:M] for key in POINTCLOUD_KEYS}
 
 
@@ -346,8 +358,9 @@ class PointCloudSplit(Dataset):
     ``arrays`` keeps the generator output (float64 points, parameters and rotations) for analysis.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], name: str = "", classes: tuple[str, ...] = POINTCLOUD_CLASSES
-                 ) -> None:
+    def __init__(
+        self, arrays: dict[str, np.ndarray], name: str = "", classes: tuple[str, ...] = POINTCLOUD_CLASSES
+    ) -> None:
         self.name = name
         self.arrays = arrays
         self.classes = classes
@@ -472,9 +485,10 @@ class PointCloudData:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
-        return (f"PointCloudData({sizes}, num_points={self.num_points}, seed={self.seed}, noise={self.noise}, "
-                f"classes={len(self.classes)})")
-
+        return (
+            f"PointCloudData({sizes}, num_points={self.num_points}, seed={self.seed}, noise={self.noise}, "
+            f"classes={len(self.classes)})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -540,8 +554,15 @@ class VNPointNet(nn.Module):
             (small next to the typical ``‖d‖² ~ 0.01-1`` of unit-size clouds) keeps them near 1e-6.
     """
 
-    def __init__(self, num_classes: int, hidden: int = 32, num_layers: int = 3, k: int | None = None,
-                 negative_slope: float = 0.2, eps: float = 1e-3) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        hidden: int = 32,
+        num_layers: int = 3,
+        k: int | None = None,
+        negative_slope: float = 0.2,
+        eps: float = 1e-3,
+    ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
@@ -549,13 +570,13 @@ class VNPointNet(nn.Module):
             raise ValueError(f"k must be None or at least 1, got {k}")
         self.num_classes, self.hidden, self.num_layers, self.k = int(num_classes), int(hidden), int(num_layers), k
         in_channels = 2 if k is None else 3
-        self.linears = nn.ModuleList(
-            VNLinear(in_channels if i == 0 else hidden, hidden) for i in range(num_layers))
+        self.linears = nn.ModuleList(VNLinear(in_channels if i == 0 else hidden, hidden) for i in range(num_layers))
         self.acts = nn.ModuleList(VNLeakyReLU(hidden, negative_slope, eps) for _ in range(num_layers))
         self.frame = VNLinear(2 * hidden, 3)
         features = 2 * (2 * hidden * 3)  # (mean, max) x (channels x frame vectors)
         self.head = nn.Sequential(
-            nn.BatchNorm1d(features), nn.Linear(features, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, num_classes))
+            nn.BatchNorm1d(features), nn.Linear(features, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, num_classes)
+        )
 
     def lift(self, points: torch.Tensor) -> torch.Tensor:
         """``[B, N, 3]`` points -> ``[B, C0, 3, N]`` VN features (equivariant; translation-invariant)."""
@@ -587,4 +608,3 @@ class VNPointNet(nn.Module):
         inv = torch.einsum("bcin,bfin->bcfn", h, frame).flatten(1, 2)  # [B, 6H, N], invariant per point
         pooled = torch.cat([inv.mean(dim=-1), inv.amax(dim=-1)], dim=1)
         return self.head(pooled)
-

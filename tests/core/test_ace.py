@@ -55,7 +55,7 @@ def _train(schedule_name: str, field: float, steps: int = 1500, **kwargs: float)
 
 
 def test_ace_drives_gamma_down_while_the_duals_rise() -> None:
-    ace, history, relaxed = _train("ace", field=0.0, steps=300, dual_lr=0.01)
+    _, history, relaxed = _train("ace", field=0.0, steps=300, dual_lr=0.01)
     gamma = torch.tensor([[h[p]["gamma"] for p in ("field", "drift")] for h in history])
     lam = torch.tensor([[h[p]["lambda"] for p in ("field", "drift")] for h in history])
     assert (gamma[0] > 0.99).all() and (gamma[-1].abs() < 0.3).all()
@@ -69,7 +69,7 @@ def test_ace_drives_gamma_down_while_the_duals_rise() -> None:
 
 
 def test_elastic_on_symmetric_data_releases_gamma_and_slack() -> None:
-    ace, history, _ = _train("ace_elastic", field=0.0)
+    _, history, _ = _train("ace_elastic", field=0.0)
     end = history[-1]
     for site in ("field", "drift"):
         assert abs(end[site]["gamma"]) < 0.1 and end[site]["u"] < 0.1, end
@@ -77,7 +77,7 @@ def test_elastic_on_symmetric_data_releases_gamma_and_slack() -> None:
 
 
 def test_elastic_on_broken_data_keeps_gamma_where_it_is_needed() -> None:
-    ace, history, relaxed = _train("ace_elastic", field=0.5)
+    _, history, relaxed = _train("ace_elastic", field=0.5)
     end = history[-1]
     assert abs(end["field"]["gamma"]) > 0.1, end  # the field site carries the z-drift through its branch
     assert abs(end["drift"]["gamma"]) < 0.1, end  # the other one needs no relaxation
@@ -92,7 +92,7 @@ def test_elastic_on_broken_data_keeps_gamma_where_it_is_needed() -> None:
 
 
 def test_state_round_trip_and_argument_checks() -> None:
-    ace, _, relaxed = _train("ace_elastic", field=0.5, steps=20)
+    ace, _, _ = _train("ace_elastic", field=0.5, steps=20)
     state = ace.state_dict()
     fresh = AceElastic(20)
     fresh.attach(relax(TwoSites()))

@@ -9,8 +9,8 @@ from e3nn import o3
 
 import relaxcli
 from relaxcli import RelaxError, VNLinear
-from relaxcli.tasks import SEGNN
 from relaxcli.core.reps import default_dtype
+from relaxcli.tasks import SEGNN
 from relaxcli.testing import assert_equivariant, equivariance_error
 
 SPEC_IN = ["cartesian_points", "1o", None]
@@ -35,9 +35,19 @@ def test_fx_pass_finds_every_weighted_op_and_shares_parameters(segnn: SEGNN) -> 
     relaxed = relaxcli.relax(segnn)
     assert relaxed.mode == "fx"
     paths = [s.path for s in relaxed.sites]
-    assert paths == ["embed", "layers.0.message1.tp", "layers.0.message2.tp", "layers.0.update1.tp",
-                     "layers.0.update2", "layers.1.message1.tp", "layers.1.message2.tp", "layers.1.update1.tp",
-                     "layers.1.update2", "readout1.tp", "readout2"]
+    assert paths == [
+        "embed",
+        "layers.0.message1.tp",
+        "layers.0.message2.tp",
+        "layers.0.update1.tp",
+        "layers.0.update2",
+        "layers.1.message1.tp",
+        "layers.1.message2.tp",
+        "layers.1.update1.tp",
+        "layers.1.update2",
+        "readout1.tp",
+        "readout2",
+    ]
     assert relaxed.dry_run(*nbody_inputs()) == {p: 1 for p in paths}
     # the relaxed model trains the user's own parameters: same objects, not copies
     user = {id(p) for p in segnn.parameters()}
@@ -166,8 +176,13 @@ def test_dry_run_counts_shared_and_unused_sites() -> None:
 def test_include_exclude_globs(segnn: SEGNN) -> None:
     relaxed = relaxcli.relax(segnn, include=["layers.*"], exclude=["*.update2"])
     assert [s.path for s in relaxed.sites] == [
-        "layers.0.message1.tp", "layers.0.message2.tp", "layers.0.update1.tp",
-        "layers.1.message1.tp", "layers.1.message2.tp", "layers.1.update1.tp"]
+        "layers.0.message1.tp",
+        "layers.0.message2.tp",
+        "layers.0.update1.tp",
+        "layers.1.message1.tp",
+        "layers.1.message2.tp",
+        "layers.1.update1.tp",
+    ]
     with pytest.raises(RelaxError, match="no equivariant linear op"):
         relaxcli.relax(segnn, include=["nothing.*"])
 

@@ -5,9 +5,9 @@ import torch
 from e3nn import o3
 
 import relaxcli
-from relaxcli import DenseBranch, Regularizer, Rep, VNLinear, VectorBranch, site_terms
-from relaxcli.ops import IrrepsLinearAdapter
+from relaxcli import DenseBranch, Regularizer, Rep, VectorBranch, VNLinear, site_terms
 from relaxcli.core.reps import default_dtype
+from relaxcli.ops import IrrepsLinearAdapter
 from relaxcli.testing import intertwiner_dim, intertwiner_residual
 
 IRREPS = [("4x0e+2x1o+1x1e", "3x0e+2x1o+2x1e"), ("2x0e+1x1o+1x2e", "1x0e+2x1o+1x2e+1x2o"), ("1x1o", "1x1e")]
@@ -157,17 +157,21 @@ def test_grouped_regulariser_equals_the_sum_of_per_site_terms() -> None:
     assert len(Regularizer()._groups(relaxed)) < len(relaxed.sites)
 
 
-@pytest.mark.parametrize("rep_in, rep_out", [
-    (Rep.from_irreps("3x0e+2x1o+1x2e"), Rep.from_irreps("2x0e+1x1o+2x2e")),  # sparse generators and parity
-    (Rep.vector_neurons(5), Rep.vector_neurons(4)),  # kron(I_C, A): sparse
-    (Rep.explicit(torch.randn(2, 6, 6)), Rep.explicit(torch.randn(2, 3, 3))),  # dense matrices stay dense
-])
+@pytest.mark.parametrize(
+    "rep_in, rep_out",
+    [
+        (Rep.from_irreps("3x0e+2x1o+1x2e"), Rep.from_irreps("2x0e+1x1o+2x2e")),  # sparse generators and parity
+        (Rep.vector_neurons(5), Rep.vector_neurons(4)),  # kron(I_C, A): sparse
+        (Rep.explicit(torch.randn(2, 6, 6)), Rep.explicit(torch.randn(2, 3, 3))),  # dense matrices stay dense
+    ],
+)
 def test_commutator_equals_dense_constraint_matrices(rep_in: Rep, rep_out: Rep) -> None:
     from relaxcli.core.regularizers import _Commutator, constraint_matrices
 
     with default_dtype(torch.float64):
-        branches = [DenseBranch(rep_in.dim, rep_out.dim, init_std=1.0, rep_in=rep_in, rep_out=rep_out)
-                    for _ in range(3)]
+        branches = [
+            DenseBranch(rep_in.dim, rep_out.dim, init_std=1.0, rep_in=rep_in, rep_out=rep_out) for _ in range(3)
+        ]
     w = torch.stack([b.weight for b in branches])
     b0 = branches[0]
     lie, disc = constraint_matrices(w, b0.generators_in, b0.generators_out, b0.elements_in, b0.elements_out)

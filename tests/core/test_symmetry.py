@@ -48,8 +48,9 @@ def test_every_case_of_the_group_is_tested_and_counted() -> None:
     assert report.elements == {"rotation": 2, "rotation+translation": 2, "parity": 2, "parity+translation": 2}
     assert set(report.cases) == set(report.elements) and report.tested() == 8
     assert report.relative < 1e-12 and report.finite()
-    assert report.describe() == ("rotation ×2, rotation+translation ×2, parity ×2, parity+translation ×2 "
-                                 "(8 group elements)")
+    assert report.describe() == (
+        "rotation ×2, rotation+translation ×2, parity ×2, parity+translation ×2 (8 group elements)"
+    )
     report.samples = 3
     assert report.describe().endswith("(8 group elements, 3 samples)")
 
@@ -62,8 +63,7 @@ def test_the_recipe_switches_describe_the_group() -> None:
     even = equivariance_error(lambda x: 2 * x, (torch.randn(4, 3, dtype=torch.float64),), ["1e"], "1e")
     assert even.elements == {"rotation": 3}
     # an odd irrep anywhere (here only the output) brings parity in
-    odd = equivariance_error(lambda x: x.sum(-1, keepdim=True), (torch.randn(4, 3, dtype=torch.float64),), ["1e"],
-                             "0o")
+    odd = equivariance_error(lambda x: x.sum(-1, keepdim=True), (torch.randn(4, 3, dtype=torch.float64),), ["1e"], "0o")
     assert odd.elements == {"rotation": 3, "parity": 3} and odd.cases["parity"] > 1e-3
 
 

@@ -5,7 +5,6 @@ runs this file in its own environment (numpy<2, see .ci/run)."""
 from __future__ import annotations
 
 import copy
-
 import os
 import subprocess
 import sys
@@ -17,18 +16,18 @@ import torch.nn.functional as F
 
 escnn = pytest.importorskip("escnn", reason="escnn is an optional extra (relaxcli[escnn])")
 
-import relaxcli  # noqa: E402
-from relaxcli import RelaxError  # noqa: E402
-from relaxcli.ops import find_adapter  # noqa: E402
-from relaxcli.run.checkpoint import load_user_state, user_state  # noqa: E402
-from relaxcli.tasks import SteerableCNN  # noqa: E402
-from relaxcli.recipe import load_recipe  # noqa: E402
-from relaxcli.core.regularizers import site_terms  # noqa: E402
-from relaxcli.ops.steerable import ConvBranch, grid_permutation  # noqa: E402
-from relaxcli.testing import assert_relaxable, equivariance_error  # noqa: E402
+from escnn import gspaces
+from escnn import nn as enn
 
-from escnn import gspaces  # noqa: E402
-from escnn import nn as enn  # noqa: E402
+import relaxcli
+from relaxcli import RelaxError
+from relaxcli.core.regularizers import site_terms
+from relaxcli.ops import find_adapter
+from relaxcli.ops.steerable import ConvBranch, grid_permutation
+from relaxcli.recipe import load_recipe
+from relaxcli.run.checkpoint import load_user_state, user_state
+from relaxcli.tasks import SteerableCNN
+from relaxcli.testing import assert_relaxable, equivariance_error
 
 RECIPES = Path(relaxcli.__file__).parent / "recipes"
 
@@ -36,10 +35,18 @@ RECIPES = Path(relaxcli.__file__).parent / "recipes"
 def spaces() -> list[tuple[str, object, object, object]]:
     c4, d4 = gspaces.rot2dOnR2(4), gspaces.flipRot2dOnR2(4)
     return [
-        ("C4", c4, enn.FieldType(c4, 2 * [c4.trivial_repr] + [c4.regular_repr] + [c4.irrep(1)]),
-         enn.FieldType(c4, 2 * [c4.regular_repr] + [c4.irrep(1), c4.trivial_repr])),
-        ("D4", d4, enn.FieldType(d4, [d4.trivial_repr, d4.regular_repr, d4.irrep(1, 1)]),
-         enn.FieldType(d4, [d4.regular_repr, d4.irrep(1, 1), d4.irrep(1, 0)])),
+        (
+            "C4",
+            c4,
+            enn.FieldType(c4, 2 * [c4.trivial_repr] + [c4.regular_repr] + [c4.irrep(1)]),
+            enn.FieldType(c4, 2 * [c4.regular_repr] + [c4.irrep(1), c4.trivial_repr]),
+        ),
+        (
+            "D4",
+            d4,
+            enn.FieldType(d4, [d4.trivial_repr, d4.regular_repr, d4.irrep(1, 1)]),
+            enn.FieldType(d4, [d4.regular_repr, d4.irrep(1, 1), d4.irrep(1, 0)]),
+        ),
     ]
 
 
@@ -83,7 +90,7 @@ def test_conv_branch_is_the_convolution_and_its_rows_are_its_patches() -> None:
 
 def test_grid_permutation_refuses_groups_that_do_not_map_the_grid_to_itself() -> None:
     c8 = gspaces.rot2dOnR2(8)
-    with pytest.raises(TypeError, match="does not map the 5x5 pixel grid onto itself.*C_1, C_2, C_4, D_1, D_2, D_4"):
+    with pytest.raises(TypeError, match=r"does not map the 5x5 pixel grid onto itself.*C_1, C_2, C_4, D_1, D_2, D_4"):
         grid_permutation(c8, c8.fibergroup.generators[0], (5, 5))
     so2 = gspaces.rot2dOnR2(-1)
     conv = enn.R2Conv(enn.FieldType(so2, [so2.trivial_repr]), enn.FieldType(so2, [so2.irrep(1)]), 3)
@@ -131,15 +138,33 @@ def test_fused_convolution_equals_the_op_plus_its_branch_in_train_and_eval_mode(
 def test_train_project_and_strict_eval_mode_load(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     relax = [sys.executable, "-m", "relaxcli"]
-    overrides = ["trainer.epochs=2", "data.train=16", "data.val=8", "data.test=8", "data.size=12", "model.channels=2",
-                 "trainer.batch_size=8", "trainer.device=cpu"]
-    proc = subprocess.run([*relax, "train", str(RECIPES / "grid_relaxed.yaml"), *overrides, "--run-dir",
-                           str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
+    overrides = [
+        "trainer.epochs=2",
+        "data.train=16",
+        "data.val=8",
+        "data.test=8",
+        "data.size=12",
+        "model.channels=2",
+        "trainer.batch_size=8",
+        "trainer.device=cpu",
+    ]
+    proc = subprocess.run(
+        [*relax, "train", str(RECIPES / "grid_relaxed.yaml"), *overrides, "--run-dir", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "relaxed 3 sites (3 fused with their op), graph pass: hooks" in proc.stderr and "py3nj" not in proc.stderr
     out = tmp_path / "projected.safetensors"
-    proc = subprocess.run([*relax, "project", str(tmp_path / "run" / "checkpoints" / "best.safetensors"), "-o",
-                           str(out)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*relax, "project", str(tmp_path / "run" / "checkpoints" / "best.safetensors"), "-o", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     import safetensors.torch
 
@@ -160,10 +185,13 @@ def test_symmetry_group_escnn_specs_are_checked(tmp_path: Path) -> None:
     base = (RECIPES / "grid_relaxed.yaml").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(base.replace("inputs: [in_type]", "inputs: [1x0e]"))
-    with pytest.raises(RelaxError, match=r"symmetry.inputs\[0\]: '1x0e': with group escnn, give the name of the "
-                                         r"model attribute"):
+    with pytest.raises(
+        RelaxError,
+        match=r"symmetry.inputs\[0\]: '1x0e': with group escnn, give the name of the "
+        r"model attribute",
+    ):
         load_recipe(bad)
     with pytest.raises(RelaxError, match=r"symmetry.output: 'out_type' is not an Irreps string"):
         load_recipe(RECIPES / "grid_relaxed.yaml", ["symmetry.group=o3"])
-    with pytest.raises(RelaxError, match="symmetry.parity: does not apply to group escnn"):
+    with pytest.raises(RelaxError, match=r"symmetry\.parity: does not apply to group escnn"):
         load_recipe(RECIPES / "grid_relaxed.yaml", ["symmetry.parity=false"])

@@ -20,23 +20,32 @@ HIDDEN = "4x0e+4x1o"
 
 def write_recipe(nbody_recipe: Callable[..., Path], model: dict[str, Any]) -> Path:
     # a short last batch (30 = 4 x 7 + 2): the batch dimension of the program is symbolic
-    return nbody_recipe("program", epochs=2, train=30, val=16, test=16, model=model,
-                        trainer={"batch_size": 7, "log_every": 10})
+    return nbody_recipe(
+        "program", epochs=2, train=30, val=16, test=16, model=model, trainer={"batch_size": 7, "log_every": 10}
+    )
 
 
 def inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 5, 3, generator=g), torch.randn(batch, 5, 3, generator=g), \
-        torch.randn(batch, 5, 1, generator=g).sign()
+    return (
+        torch.randn(batch, 5, 3, generator=g),
+        torch.randn(batch, 5, 3, generator=g),
+        torch.randn(batch, 5, 1, generator=g).sign(),
+    )
 
 
 def assert_equivariant(fn) -> None:  # type: ignore[no-untyped-def]
-    e3nn.util.test.assert_equivariant(fn, irreps_in=["cartesian_points", o3.Irreps("1x1o"), None],
-                                      irreps_out=["cartesian_points"], args_in=list(inputs(3, seed=7)))
+    e3nn.util.test.assert_equivariant(
+        fn,
+        irreps_in=["cartesian_points", o3.Irreps("1x1o"), None],
+        irreps_out=["cartesian_points"],
+        args_in=list(inputs(3, seed=7)),
+    )
 
 
-def test_pt2_model_trained_and_projected_without_source(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                        nbody_recipe: Callable[..., Path]) -> None:
+def test_pt2_model_trained_and_projected_without_source(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     torch.manual_seed(0)
     source = SEGNN(hidden_irreps=HIDDEN, num_layers=1)
     relaxcli.export_program(source, inputs(4), tmp_path / "segnn.pt2")
@@ -67,10 +76,12 @@ def test_pt2_model_trained_and_projected_without_source(tmp_path: Path, relax_cl
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
-def test_export_projected_checkpoint_of_a_source_model(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                       nbody_recipe: Callable[..., Path]) -> None:
-    recipe = write_recipe(nbody_recipe, {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": HIDDEN,
-                                     "num_layers": 1})
+def test_export_projected_checkpoint_of_a_source_model(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
+    recipe = write_recipe(
+        nbody_recipe, {"_component_": "relaxcli.tasks.SEGNN", "hidden_irreps": HIDDEN, "num_layers": 1}
+    )
     relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     best = tmp_path / "run" / "checkpoints" / "best.safetensors"
     refused = relax_cli("export", best, cwd=tmp_path, check=False)

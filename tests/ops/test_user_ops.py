@@ -18,7 +18,7 @@ import yaml
 from e3nn import o3
 
 from relaxcli.errors import RecipeError
-from relaxcli.recipe import Recipe, recipe_from_dict
+from relaxcli.recipe import recipe_from_dict
 
 RELAX = [sys.executable, "-m", "relaxcli"]
 
@@ -136,8 +136,10 @@ def test_recipe_registered_layers_relaxed_end_to_end(user_package: Path) -> None
     assert any(not torch.equal(v, userlayers.Net().state_dict()[k]) for k, v in trained.items())
     e3nn.util.test.assert_equivariant(
         lambda pos, vel, q: model(pos, vel, q),
-        irreps_in=["cartesian_points", o3.Irreps("1x1o"), None], irreps_out=["cartesian_points"],
-        args_in=[torch.randn(4, 5, 3), torch.randn(4, 5, 3), torch.randn(4, 5, 1)])
+        irreps_in=["cartesian_points", o3.Irreps("1x1o"), None],
+        irreps_out=["cartesian_points"],
+        args_in=[torch.randn(4, 5, 3), torch.randn(4, 5, 3), torch.randn(4, 5, 1)],
+    )
 
 
 def test_without_ops_the_user_layers_are_not_found(user_package: Path) -> None:
@@ -146,14 +148,17 @@ def test_without_ops_the_user_layers_are_not_found(user_package: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("op, key, message", [
-    ({"layer": "userlayers.Nope"}, "layer", "has no attribute 'Nope'"),
-    ({"layer": "userlayers.o3"}, "layer", "is not a torch.nn.Module class"),
-    ({"layer": "userlayers.IrrepsDense", "irreps_in": "4x0e+"}, "irreps_in", "neither an attribute name"),
-    ({"layer": "userlayers.IrrepsDense", "channel_axis": 2}, "channel_axis", "is not used by action 'irreps'"),
-    ({"layer": "userlayers.VectorMix", "action": "vectors"}, "action", "must be one of"),
-    ({"irreps_in": "irreps_in"}, "layer", "missing required key"),
-])
+@pytest.mark.parametrize(
+    "op, key, message",
+    [
+        ({"layer": "userlayers.Nope"}, "layer", "has no attribute 'Nope'"),
+        ({"layer": "userlayers.o3"}, "layer", "is not a torch.nn.Module class"),
+        ({"layer": "userlayers.IrrepsDense", "irreps_in": "4x0e+"}, "irreps_in", "neither an attribute name"),
+        ({"layer": "userlayers.IrrepsDense", "channel_axis": 2}, "channel_axis", "is not used by action 'irreps'"),
+        ({"layer": "userlayers.VectorMix", "action": "vectors"}, "action", "must be one of"),
+        ({"irreps_in": "irreps_in"}, "layer", "missing required key"),
+    ],
+)
 def test_bad_ops_are_reported_with_their_key(user_package: Path, op: dict, key: str, message: str) -> None:
     data = yaml.safe_load(write_recipe(user_package, [op]).read_text())
     with pytest.raises(RecipeError) as info:

@@ -105,8 +105,15 @@ def cases() -> list[Bad]:
     add(Bad("yaml-custom-tag", "recipe.yaml", text="name: !secret x\n"))
     add(Bad("yaml-two-documents", "recipe.yaml", text="name: a\n---\nname: b\n"))
     add(Bad("yaml-undefined-alias", "recipe.yaml", text="name: *nothing\n"))
-    add(Bad("yaml-duplicate-key", "trainer.epochs", text=yaml.safe_dump(nbody_recipe_data(), sort_keys=False)
-            .replace("  epochs: 4\n", "  epochs: 4\n  epochs: 5\n")))
+    add(
+        Bad(
+            "yaml-duplicate-key",
+            "trainer.epochs",
+            text=yaml.safe_dump(nbody_recipe_data(), sort_keys=False).replace(
+                "  epochs: 4\n", "  epochs: 4\n  epochs: 5\n"
+            ),
+        )
+    )
     add(Bad("yaml-key-not-string", "recipe", text="name: x\n1: 2\n"))
 
     # -- top-level keys --------------------------------------------------------------------------------------------
@@ -116,8 +123,16 @@ def cases() -> list[Bad]:
         add(Bad(f"misspelt-{wrong}", wrong, set={wrong: {}}))
     for label, value in (("empty", ""), ("blank", "   "), ("number", 5), ("null", None), ("list", ["a"])):
         add(Bad(f"name-{label}", "name", set={"name": value}))
-    for label, value in (("negative", -1), ("string", "abc"), ("float", 1.5), ("bool", True), ("list", [1]),
-                         ("past-2-63", 2**63), ("past-2-64", 2**64), ("past-2-32", 2**32)):
+    for label, value in (
+        ("negative", -1),
+        ("string", "abc"),
+        ("float", 1.5),
+        ("bool", True),
+        ("list", [1]),
+        ("past-2-63", 2**63),
+        ("past-2-64", 2**64),
+        ("past-2-32", 2**32),
+    ):
         add(Bad(f"seed-{label}", "seed", set={"seed": value}, cli=label == "past-2-64"))
     for section in ("trainer", "relax", "symmetry"):
         add(Bad(f"{section}-not-a-mapping", section, set={section: 5}))
@@ -174,8 +189,13 @@ def cases() -> list[Bad]:
     add(Bad("relax-rho-with-ace", "relax.theta.rho", set={"relax.theta": {"schedule": "ace", "rho": 2.0}}))
     add(Bad("relax-end-with-ace", "relax.theta.end", set={"relax.theta": {"schedule": "ace", "end": 0.5}}))
     add(Bad("relax-gamma-lr-zero", "relax.theta.gamma_lr", set={"relax.theta": {"schedule": "ace", "gamma_lr": 0}}))
-    add(Bad("relax-gamma-init-inf", "relax.theta.gamma_init",
-            set={"relax.theta": {"schedule": "ace", "gamma_init": math.inf}}))
+    add(
+        Bad(
+            "relax-gamma-init-inf",
+            "relax.theta.gamma_init",
+            set={"relax.theta": {"schedule": "ace", "gamma_init": math.inf}},
+        )
+    )
 
     # -- symmetry --------------------------------------------------------------------------------------------------
     inputs = ["cartesian_points", "1x1o", None]
@@ -191,8 +211,13 @@ def cases() -> list[Bad]:
     add(Bad("symmetry-attribute-name-o3", "symmetry.output", set={"symmetry.output": "out_type"}))
     add(Bad("symmetry-group", "symmetry.group", set={"symmetry.group": "so3"}))
     add(Bad("symmetry-parity-string", "symmetry.parity", set={"symmetry.parity": "true"}))
-    add(Bad("symmetry-escnn-parity", "symmetry", set={"symmetry": {"inputs": ["in_type"], "output": "out_type",
-                                                                   "group": "escnn", "parity": False}}))
+    add(
+        Bad(
+            "symmetry-escnn-parity",
+            "symmetry",
+            set={"symmetry": {"inputs": ["in_type"], "output": "out_type", "group": "escnn", "parity": False}},
+        )
+    )
 
     # -- model -----------------------------------------------------------------------------------------------------
     segnn = "relaxcli.tasks.SEGNN"
@@ -213,15 +238,21 @@ def cases() -> list[Bad]:
         ("hidden-irreps-int", {"_component_": segnn, "hidden_irreps": 5}, "model.hidden_irreps"),
         ("hidden-irreps-list", {"_component_": segnn, "hidden_irreps": ["4x0e"]}, "model.hidden_irreps"),
         ("hidden-irreps-bad", {"_component_": segnn, "hidden_irreps": "4x0q", "num_layers": 1}, "model"),
-        ("num-layers-negative", {"_component_": segnn, "hidden_irreps": "4x0e+4x1o", "num_layers": -1},
-         "model.num_layers"),
+        (
+            "num-layers-negative",
+            {"_component_": segnn, "hidden_irreps": "4x0e+4x1o", "num_layers": -1},
+            "model.num_layers",
+        ),
         ("num-layers-zero", {"_component_": segnn, "hidden_irreps": "4x0e+4x1o", "num_layers": 0}, "model.num_layers"),
         ("num-layers-string", {"_component_": segnn, "num_layers": "two"}, "model.num_layers"),
         ("num-layers-float", {"_component_": segnn, "num_layers": 1.5}, "model.num_layers"),
         ("num-layers-bool", {"_component_": segnn, "num_layers": True}, "model.num_layers"),
         ("num-layers-inf", {"_component_": segnn, "num_layers": math.inf}, "model.num_layers"),
-        ("lmax-negative", {"_component_": segnn, "hidden_irreps": "4x0e+4x1o", "num_layers": 1, "lmax_attr": -1},
-         "model.lmax_attr"),
+        (
+            "lmax-negative",
+            {"_component_": segnn, "hidden_irreps": "4x0e+4x1o", "num_layers": 1, "lmax_attr": -1},
+            "model.lmax_attr",
+        ),
         ("not-a-module", {"_component_": "builtins.dict"}, "model"),
         ("returns-none", {"_component_": "builtins.print"}, "model"),
     ):
@@ -231,14 +262,27 @@ def cases() -> list[Bad]:
 
     # -- data ------------------------------------------------------------------------------------------------------
     for key, value, where in (
-        ("train", 0, "data.train"), ("val", 0, "data.val"), ("test", 0, "data.test"),
-        ("train", -1, "data.train"), ("val", -5, "data.val"),
-        ("train", "many", "data.train"), ("train", 1.5, "data.train"), ("train", None, "data.train"),
-        ("field", "strong", "data.field"), ("field", math.inf, "data.field"), ("field", math.nan, "data.field"),
-        ("frames", [40, 30], "data.frames"), ("frames", 5, "data.frames"), ("frames", [1], "data.frames"),
-        ("frames", [1, "a"], "data.frames"), ("num_particles", 1, "data.num_particles"),
-        ("num_particles", "five", "data.num_particles"), ("cache", "no", "data.cache"), ("seed", -1, "data.seed"),
-        ("seed", "x", "data.seed"), ("size", 10, "data.size"),
+        ("train", 0, "data.train"),
+        ("val", 0, "data.val"),
+        ("test", 0, "data.test"),
+        ("train", -1, "data.train"),
+        ("val", -5, "data.val"),
+        ("train", "many", "data.train"),
+        ("train", 1.5, "data.train"),
+        ("train", None, "data.train"),
+        ("field", "strong", "data.field"),
+        ("field", math.inf, "data.field"),
+        ("field", math.nan, "data.field"),
+        ("frames", [40, 30], "data.frames"),
+        ("frames", 5, "data.frames"),
+        ("frames", [1], "data.frames"),
+        ("frames", [1, "a"], "data.frames"),
+        ("num_particles", 1, "data.num_particles"),
+        ("num_particles", "five", "data.num_particles"),
+        ("cache", "no", "data.cache"),
+        ("seed", -1, "data.seed"),
+        ("seed", "x", "data.seed"),
+        ("size", 10, "data.size"),
     ):
         cli = (key, value) in (("train", 0), ("val", 0))
         add(Bad(f"data-{key}-{value!r}", where, set={f"data.{key}": value}, cli=cli))
@@ -249,13 +293,24 @@ def cases() -> list[Bad]:
 
     # -- optimizer -------------------------------------------------------------------------------------------------
     for key, value, where in (
-        ("lr", "abc", "optimizer.lr"), ("lr", math.inf, "optimizer.lr"), ("lr", -math.inf, "optimizer.lr"),
-        ("lr", math.nan, "optimizer.lr"), ("lr", [0.1], "optimizer.lr"), ("lr", None, "optimizer.lr"),
-        ("lr", True, "optimizer.lr"), ("lr", -1, "optimizer"), ("lr", 10**400, "optimizer.lr"),
-        ("betas", 0.9, "optimizer.betas"), ("betas", [0.9], "optimizer.betas"),
-        ("betas", [0.9, "x"], "optimizer.betas"), ("betas", [0.9, math.inf], "optimizer.betas"),
-        ("eps", "tiny", "optimizer.eps"), ("weight_decay", math.nan, "optimizer.weight_decay"),
-        ("amsgrad", "yes", "optimizer.amsgrad"), ("lrr", 0.1, "optimizer.lrr"), ("params", [], "optimizer.params"),
+        ("lr", "abc", "optimizer.lr"),
+        ("lr", math.inf, "optimizer.lr"),
+        ("lr", -math.inf, "optimizer.lr"),
+        ("lr", math.nan, "optimizer.lr"),
+        ("lr", [0.1], "optimizer.lr"),
+        ("lr", None, "optimizer.lr"),
+        ("lr", True, "optimizer.lr"),
+        ("lr", -1, "optimizer"),
+        ("lr", 10**400, "optimizer.lr"),
+        ("betas", 0.9, "optimizer.betas"),
+        ("betas", [0.9], "optimizer.betas"),
+        ("betas", [0.9, "x"], "optimizer.betas"),
+        ("betas", [0.9, math.inf], "optimizer.betas"),
+        ("eps", "tiny", "optimizer.eps"),
+        ("weight_decay", math.nan, "optimizer.weight_decay"),
+        ("amsgrad", "yes", "optimizer.amsgrad"),
+        ("lrr", 0.1, "optimizer.lrr"),
+        ("params", [], "optimizer.params"),
     ):
         cli = (key, value) in (("lr", "abc"), ("lr", math.inf))
         add(Bad(f"optimizer-{key}-{value!r}", where, set={f"optimizer.{key}": value}, cli=cli))
@@ -268,11 +323,15 @@ def cases() -> list[Bad]:
         ("misspelt", "torch.optim.Adamm", "optimizer._component_"),
         ("no-arguments", "builtins.object", "optimizer._component_"),
     ):
-        add(Bad(f"optimizer-component-{label}", key, set={"optimizer": {"_component_": target}},
-                cli=label == "print"))
+        add(Bad(f"optimizer-component-{label}", key, set={"optimizer": {"_component_": target}}, cli=label == "print"))
     add(Bad("optimizer-print-with-lr", "optimizer.lr", set={"optimizer._component_": "builtins.print"}))
-    add(Bad("optimizer-sgd-momentum-string", "optimizer.momentum",
-            set={"optimizer": {"_component_": "torch.optim.SGD", "lr": 0.1, "momentum": "high"}}))
+    add(
+        Bad(
+            "optimizer-sgd-momentum-string",
+            "optimizer.momentum",
+            set={"optimizer": {"_component_": "torch.optim.SGD", "lr": 0.1, "momentum": "high"}},
+        )
+    )
 
     # -- loss ------------------------------------------------------------------------------------------------------
     for label, value, key in (
@@ -284,8 +343,11 @@ def cases() -> list[Bad]:
         ("returns-none", {"_component_": "builtins.print"}, "loss._component_"),
         ("len", {"_component_": "builtins.len"}, "loss"),
         ("unknown-argument", {"_component_": "torch.nn.MSELoss", "weight": 2}, "loss.weight"),
-        ("label-smoothing-string", {"_component_": "torch.nn.CrossEntropyLoss", "label_smoothing": "x"},
-         "loss.label_smoothing"),
+        (
+            "label-smoothing-string",
+            {"_component_": "torch.nn.CrossEntropyLoss", "label_smoothing": "x"},
+            "loss.label_smoothing",
+        ),
     ):
         add(Bad(f"loss-{label}", key, set={"loss": value}, cli=label == "reduction-avg"))
 
@@ -304,8 +366,11 @@ def cases() -> list[Bad]:
         ("an-optimizer", {"_component_": "torch.optim.Adam"}, "scheduler"),
         ("optimizer-given", {"_component_": step, "step_size": 1, "optimizer": "x"}, "scheduler.optimizer"),
         ("unknown-argument", {"_component_": cosine, "T_maxx": 4}, "scheduler.T_maxx"),
-        ("milestones-int", {"_component_": "torch.optim.lr_scheduler.MultiStepLR", "milestones": 5},
-         "scheduler.milestones"),
+        (
+            "milestones-int",
+            {"_component_": "torch.optim.lr_scheduler.MultiStepLR", "milestones": 5},
+            "scheduler.milestones",
+        ),
         ("lambda-missing", {"_component_": "torch.optim.lr_scheduler.LambdaLR"}, "scheduler.lr_lambda"),
         ("no-component", {"T_max": 4}, "scheduler._component_"),
     ):
@@ -346,10 +411,22 @@ def cases() -> list[Bad]:
     add(Bad("runtime-branch-init-huge", "loss became", set={"relax.branch.init_std": 1e30}, exit=1, cli=True))
     add(Bad("relax-theta-max-past-float32", "relax.theta.max", set={"relax.theta.max": 1e300}))
     add(Bad("relax-init-std-past-float32", "relax.branch.init_std", set={"relax.branch.init_std": 1e39}))
-    add(Bad("runtime-theta-max-huge", "loss became", set={"relax.theta.max": 1e30, "relax.branch.init_std": 1e10},
-            exit=1))
-    add(Bad("runtime-regularizer-weight-huge", "loss became",
-            set={"relax.regularizer.weight": 1e308, "relax.branch.init_std": 1e10}, exit=1))
+    add(
+        Bad(
+            "runtime-theta-max-huge",
+            "loss became",
+            set={"relax.theta.max": 1e30, "relax.branch.init_std": 1e10},
+            exit=1,
+        )
+    )
+    add(
+        Bad(
+            "runtime-regularizer-weight-huge",
+            "loss became",
+            set={"relax.regularizer.weight": 1e308, "relax.branch.init_std": 1e10},
+            exit=1,
+        )
+    )
     return c
 
 
@@ -422,17 +499,32 @@ def test_the_corpus_is_large_and_every_kind_runs_through_the_cli() -> None:
     assert len(CASES) >= 200
     assert len({case.id for case in CASES}) == len(CASES)
     assert len(CLI_CASES) >= 20
-    kinds = {"optimizer-lr-'abc'", "model-hidden-irreps-int", "optimizer-lr-inf", "trainer-epochs-1e+30",
-             "trainer-batch-larger-than-data", "model-num-layers-negative", "scheduler-t-max-zero",
-             "symmetry-more-inputs", "data-train-0", "data-val-0", "seed-past-2-64", f"trainer-threads-{2**64}",
-             "pointcloud-label-past-classes", "optimizer-component-print", "yaml-billion-laughs", "file-fifo",
-             "runtime-branch-init-huge"}
+    kinds = {
+        "optimizer-lr-'abc'",
+        "model-hidden-irreps-int",
+        "optimizer-lr-inf",
+        "trainer-epochs-1e+30",
+        "trainer-batch-larger-than-data",
+        "model-num-layers-negative",
+        "scheduler-t-max-zero",
+        "symmetry-more-inputs",
+        "data-train-0",
+        "data-val-0",
+        "seed-past-2-64",
+        f"trainer-threads-{2**64}",
+        "pointcloud-label-past-classes",
+        "optimizer-component-print",
+        "yaml-billion-laughs",
+        "file-fifo",
+        "runtime-branch-init-huge",
+    }
     assert kinds <= {case.id for case in CLI_CASES}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
-def test_bad_recipe_gets_a_clean_answer(case: Bad, cache: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_recipe_gets_a_clean_answer(
+    case: Bad, cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, message = dry_run(write_case(case, tmp_path), case.overrides)
     assert code == case.exit, f"{case.id}: exit {code}, expected {case.exit}: {message or 'accepted'}"
     assert case.key in message, f"{case.id}: {case.key!r} not in {message!r}"
@@ -442,11 +534,18 @@ def test_bad_recipe_gets_a_clean_answer(case: Bad, cache: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CLI_CASES])
-def test_bad_recipe_through_the_cli(case: Bad, cache: Path, tmp_path: Path,
-                                    relax_cli: Callable[..., Any]) -> None:
+def test_bad_recipe_through_the_cli(case: Bad, cache: Path, tmp_path: Path, relax_cli: Callable[..., Any]) -> None:
     path = write_case(case, tmp_path)
-    proc = relax_cli("train", path, *case.overrides, "--dry-run", cwd=tmp_path, check=False, timeout=120,
-                     env={"RELAX_CACHE": str(cache), "OMP_NUM_THREADS": "1"})
+    proc = relax_cli(
+        "train",
+        path,
+        *case.overrides,
+        "--dry-run",
+        cwd=tmp_path,
+        check=False,
+        timeout=120,
+        env={"RELAX_CACHE": str(cache), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == case.exit, f"{case.id}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert proc.stderr.startswith("error: ") or "\nerror: " in proc.stderr, proc.stderr

@@ -10,7 +10,6 @@ import torch
 from relaxcli.errors import RecipeError
 from relaxcli.recipe import (
     ComponentSpec,
-    Recipe,
     RelaxConfig,
     TrainerConfig,
     dump_recipe,
@@ -198,8 +197,7 @@ def test_bad_recipe_lists_every_problem_with_lines(tmp_path: Path) -> None:
         f"{p}:12: trainer.epochs: expected an integer, got 'ten' (str)",
         f"{p}:13: trainer.devcie: unknown key; did you mean 'device'?",
         f"{p}:14: trainer.dtype: must be one of 'float32', 'float64'; got 'float16' (str); did you mean 'float64'?",
-        f"{p}:16: relax.enabled: expected true or false, got 'False' (str); "
-        "write true or false without quotes",
+        f"{p}:16: relax.enabled: expected true or false, got 'False' (str); write true or false without quotes",
         f"{p}:18: relax.theta.shedule: unknown key; did you mean 'schedule'?",
         f"{p}:19: relax.theta.end: must be > 0 and <= 1, got 0",
         f"{p}:21: symmetry.inputs[1]: invalid Irreps '16x0e+16xo'; "

@@ -20,19 +20,40 @@ from relaxcli.recipe.yaml_io import dump_yaml
 
 Path_ = tuple[Union[str, int], ...]
 
-BUILTIN = {Path(str(p)).stem: yaml.safe_load(Path(str(p)).read_text())
-           for p in (resources.files("relaxcli") / "recipes").iterdir() if str(p).endswith(".yaml")}
+BUILTIN = {
+    Path(str(p)).stem: yaml.safe_load(Path(str(p)).read_text())
+    for p in (resources.files("relaxcli") / "recipes").iterdir()
+    if str(p).endswith(".yaml")
+}
 
 #: Values of every YAML kind, including the awkward ones: huge and negative numbers, inf, nan, empty containers.
 VALUES = st.one_of(
-    st.none(), st.booleans(),
+    st.none(),
+    st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.sampled_from([0, -1, 1, 2**31, 2**63, 2**64, 10**30]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([math.inf, -math.inf, math.nan, 1e30, -1e-30, 0.0]),
     st.text(max_size=12),
-    st.sampled_from(["", " ", "1e-3", "true", "null", "torch.nn.MSELoss", "cartesian_points", "1x1o", "16x0e+16x1o",
-                     "builtins.print", "os.system", "relaxcli.tasks.SEGNN", "triangle", "ace_elastic", "cuda"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "1e-3",
+            "true",
+            "null",
+            "torch.nn.MSELoss",
+            "cartesian_points",
+            "1x1o",
+            "16x0e+16x1o",
+            "builtins.print",
+            "os.system",
+            "relaxcli.tasks.SEGNN",
+            "triangle",
+            "ace_elastic",
+            "cuda",
+        ]
+    ),
     st.lists(st.integers(-3, 3) | st.text(max_size=4) | st.none(), max_size=4),
     st.dictionaries(st.text(max_size=6), st.integers(-2, 2) | st.none(), max_size=3),
 )
@@ -59,11 +80,11 @@ def misspell(key: str, i: int, how: int) -> str:
         return "x"
     i %= len(key)
     if how == 0:
-        return key[:i] + key[i + 1:] or "k"  # a letter dropped
+        return key[:i] + key[i + 1 :] or "k"  # a letter dropped
     if how == 1:
-        return key[:i] + key[i] * 2 + key[i + 1:]  # a letter doubled
+        return key[:i] + key[i] * 2 + key[i + 1 :]  # a letter doubled
     j = min(i + 1, len(key) - 1)
-    return key[:i] + key[j] + key[i] + key[j + 1:]  # two letters swapped
+    return key[:i] + key[j] + key[i] + key[j + 1 :]  # two letters swapped
 
 
 @st.composite
@@ -109,8 +130,10 @@ def overrides(draw: st.DrawFn) -> tuple[str, list[str]]:
     """A built-in recipe and KEY=VALUE overrides: real keys with values of any kind, or arbitrary text."""
     name = draw(st.sampled_from(sorted(BUILTIN)))
     keys = [".".join(map(str, p)) for p in paths(BUILTIN[name]) if all(isinstance(k, str) for k in p)]
-    real = st.tuples(st.sampled_from(keys), VALUES.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()
-                                                        .removesuffix("...").strip()))
+    real = st.tuples(
+        st.sampled_from(keys),
+        VALUES.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()),
+    )
     pairs = draw(st.lists(real | st.tuples(st.text(max_size=20), st.text(max_size=20)), min_size=1, max_size=3))
     return name, [f"{k}={v}" for k, v in pairs]
 

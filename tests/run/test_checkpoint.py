@@ -20,8 +20,9 @@ from relaxcli.testing import assert_equivariant
 LEGACY = Path(__file__).parent.parent / "fixtures" / "run-0.1.0"
 
 
-def test_a_previous_release_checkpoint_projects_inspects_and_resumes(tmp_path: Path,
-                                                                     relax_cli: Callable[..., Any]) -> None:
+def test_a_previous_release_checkpoint_projects_inspects_and_resumes(
+    tmp_path: Path, relax_cli: Callable[..., Any]
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(LEGACY, run)
     stored = json.loads(load_checkpoint(run / "checkpoints" / "best.safetensors").metadata["recipe"])
@@ -33,8 +34,11 @@ def test_a_previous_release_checkpoint_projects_inspects_and_resumes(tmp_path: P
         model = SEGNN("4x0e+4x1o", num_layers=1).double()
     model.load_state_dict(safetensors.torch.load_file(tmp_path / "projected.safetensors"), strict=True)
     g = torch.Generator().manual_seed(0)
-    inputs = (torch.randn(2, 5, 3, generator=g, dtype=torch.float64),
-              torch.randn(2, 5, 3, generator=g, dtype=torch.float64), torch.ones(2, 5, 1, dtype=torch.float64))
+    inputs = (
+        torch.randn(2, 5, 3, generator=g, dtype=torch.float64),
+        torch.randn(2, 5, 3, generator=g, dtype=torch.float64),
+        torch.ones(2, 5, 1, dtype=torch.float64),
+    )
     assert_equivariant(model, inputs, ["cartesian_points", "1o", None], "cartesian_points", tolerance=1e-10)
 
     report = json.loads(relax_cli("inspect", run / "checkpoints" / "best.safetensors", "--json", cwd=tmp_path).stdout)
@@ -46,5 +50,7 @@ def test_a_previous_release_checkpoint_projects_inspects_and_resumes(tmp_path: P
     summary = read_json(run / "summary.json")
     assert summary["steps"] == 6 and summary["name"] == "legacy"
     last = load_checkpoint(run / "checkpoints" / "last.safetensors")
-    assert last.json("epoch") == 3 and json.loads(last.metadata["recipe"])["model"]["_component_"] == \
-        "relaxcli.tasks.SEGNN"
+    assert (
+        last.json("epoch") == 3
+        and json.loads(last.metadata["recipe"])["model"]["_component_"] == "relaxcli.tasks.SEGNN"
+    )

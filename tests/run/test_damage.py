@@ -44,7 +44,7 @@ def flip(path: Path, position: int | None = None) -> int:
     """Flip one byte of ``path`` in place (default: in the middle of the first model weight's data)."""
     raw = bytearray(path.read_bytes())
     if position is None:
-        header = json.loads(raw[8:data_start(path)])
+        header = json.loads(raw[8 : data_start(path)])
         name = next(k for k in sorted(header) if k.startswith("model.") or (k != "__metadata__" and "." in k))
         begin, end = header[name]["data_offsets"]
         position = data_start(path) + (begin + end) // 2
@@ -112,8 +112,13 @@ def test_resume_refuses_a_damaged_checkpoint_and_changes_nothing(trained: Path, 
 def test_kill_at_the_earliest_moment_then_resume(trained: Path, tmp_path: Path) -> None:
     shutil.copyfile(trained / "tiny.yaml", tmp_path / "tiny.yaml")
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([*RELAX, "train", "tiny.yaml", "--run-dir", "killed"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*RELAX, "train", "tiny.yaml", "--run-dir", "killed"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run = tmp_path / "killed"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (run / "recipe.yaml").exists():

@@ -17,7 +17,7 @@ from conftest import nbody_recipe_data, run_relax
 from relaxcli.run.checkpoint import save_checkpoint
 
 #: The tiny SEGNN plus a constant shift of its output: translation-equivariant, but not under rotations or parity.
-SHIFTED = '''
+SHIFTED = """
 import torch
 from torch import nn
 
@@ -32,7 +32,7 @@ class Shifted(nn.Module):
 
     def forward(self, pos, vel, charges):
         return self.inner(pos, vel, charges) + self.shift
-'''
+"""
 #: The stored recipe names a component of the test's own (trusted here).
 TRUST = ["--trust-recipe"]
 ALL_CASES = "rotation ×{n}, rotation+translation ×{n}, parity ×{n}, parity+translation ×{n} ({total} group elements"
@@ -66,8 +66,16 @@ BEST = Path("run") / "checkpoints" / "best.safetensors"
 
 @pytest.mark.parametrize("command", ["project", "inspect"])
 def test_options_that_would_check_nothing_are_refused(shifted_run: Path, command: str) -> None:
-    bad = [("--trials", "0"), ("--trials", "-1"), ("--samples", "0"), ("--samples", "-2"), ("--tolerance", "nan"),
-           ("--tolerance", "inf"), ("--tolerance", "0"), ("--tolerance", "-1e-5")]
+    bad = [
+        ("--trials", "0"),
+        ("--trials", "-1"),
+        ("--samples", "0"),
+        ("--samples", "-2"),
+        ("--tolerance", "nan"),
+        ("--tolerance", "inf"),
+        ("--tolerance", "0"),
+        ("--tolerance", "-1e-5"),
+    ]
     for option, value in bad:
         extra = ["-o", "out.safetensors"] if command == "project" else []
         proc = run_relax(command, BEST, *extra, *TRUST, option, value, cwd=shifted_run, check=False)
@@ -80,14 +88,18 @@ def test_options_that_would_check_nothing_are_refused(shifted_run: Path, command
     assert proc.returncode == 2 and "'--samples'" in proc.stderr
 
 
-@pytest.mark.parametrize("options", [
-    [],
-    ["--trials", "1"],
-    ["--samples", "1"],
-    ["--trials", "1", "--samples", "1"],
-    ["--trials", "2", "--samples", "1000", "--tolerance", "1e-2"],
-    ["--tolerance", "1e-12"],
-], ids=lambda o: " ".join(o) or "defaults")
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--trials", "1"],
+        ["--samples", "1"],
+        ["--trials", "1", "--samples", "1"],
+        ["--trials", "2", "--samples", "1000", "--tolerance", "1e-2"],
+        ["--tolerance", "1e-12"],
+    ],
+    ids=lambda o: " ".join(o) or "defaults",
+)
 def test_a_non_equivariant_model_is_refused_at_every_allowed_setting(shifted_run: Path, options: list[str]) -> None:
     proc = _project(shifted_run, BEST, *options)
     assert proc.returncode == 3, (proc.stdout, proc.stderr)
@@ -106,16 +118,18 @@ def test_the_printed_line_says_what_was_tested(shifted_run: Path) -> None:
     tensors = {k: (torch.zeros_like(v) if k.endswith("shift") else v) for k, v in tensors.items()}
     assert any(k.endswith("shift") for k in tensors)
     save_checkpoint(shifted_run / "zero.safetensors", tensors, metadata)  # a fresh content hash
-    proc = _project(shifted_run, "zero.safetensors", "--trials", "2", "--samples", "5",
-                    out="zero.projected.safetensors")
+    proc = _project(
+        shifted_run, "zero.safetensors", "--trials", "2", "--samples", "5", out="zero.projected.safetensors"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "projected model is equivariant" in proc.stdout
     assert "tested " + ALL_CASES.format(n=2, total=8) + ", 5 samples)" in proc.stdout, proc.stdout
     stored = json.loads(_read(shifted_run / "zero.projected.safetensors")[1]["equivariance"])
     assert stored["elements"] == {"rotation": 2, "rotation+translation": 2, "parity": 2, "parity+translation": 2}
     assert stored["samples"] == 5
-    report = json.loads(run_relax("inspect", "zero.projected.safetensors", *TRUST, "--json", "--trials", "1",
-                                  cwd=shifted_run).stdout)
+    report = json.loads(
+        run_relax("inspect", "zero.projected.safetensors", *TRUST, "--json", "--trials", "1", cwd=shifted_run).stdout
+    )
     assert report["equivariance"]["projected"]["elements"]["parity"] == 1
 
 
@@ -131,4 +145,3 @@ def test_nan_weights_never_pass(shifted_run: Path) -> None:
     proc = run_relax("inspect", "nan.safetensors", *TRUST, "--tolerance", "1e300", cwd=shifted_run, check=False)
     assert proc.returncode == 3, (proc.stdout, proc.stderr)
     assert "not finite" in proc.stderr
-

@@ -9,8 +9,9 @@ from typing import Any
 COLUMNS_80 = {"COLUMNS": "80"}
 
 
-def test_inspect_and_recipes_at_80_columns_cut_nothing(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                       nbody_recipe: Callable[..., Path]) -> None:
+def test_inspect_and_recipes_at_80_columns_cut_nothing(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     relax_cli("train", nbody_recipe(epochs=1), "--run-dir", "run", cwd=tmp_path)
     for columns in ("80", "200"):
         shown = relax_cli("inspect", "run/checkpoints/best.safetensors", cwd=tmp_path, env={"COLUMNS": columns}).stdout
@@ -24,11 +25,18 @@ def test_inspect_and_recipes_at_80_columns_cut_nothing(tmp_path: Path, relax_cli
     assert "<bool>" not in help_text and "…" not in help_text
 
 
-def test_plot_overlays_a_relaxed_run_and_its_standard_twin(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                           nbody_recipe: Callable[..., Path]) -> None:
+def test_plot_overlays_a_relaxed_run_and_its_standard_twin(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     relax_cli("train", nbody_recipe("relaxed", epochs=2), "--run-dir", "relaxed", "--no-progress", cwd=tmp_path)
-    relax_cli("train", nbody_recipe("standard", epochs=2, relax={"enabled": False}), "--run-dir", "standard",
-              "--no-progress", cwd=tmp_path)
+    relax_cli(
+        "train",
+        nbody_recipe("standard", epochs=2, relax={"enabled": False}),
+        "--run-dir",
+        "standard",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     proc = relax_cli("plot", "relaxed", "standard", "-o", "both.png", cwd=tmp_path)
     assert "wrote both.png" in proc.stdout
     assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

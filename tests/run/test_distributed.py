@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +14,24 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import RELAX, TORCHRUN, read_json, run_relax
 
 from relaxcli.run.checkpoint import load_checkpoint
 
+
 def recipe(nbody_recipe: Callable[..., Path], epochs: int, theta: dict[str, Any]) -> Path:
     """31 training systems in global batches of 7: the last batch (3) splits unevenly, 2 + 1, over two processes.
     float64 and the regulariser over all rows, so that one process and two agree to rounding."""
-    return nbody_recipe("ddp", epochs=epochs, train=31, val=15, test=15, seed=5,
-                        trainer={"batch_size": 7, "dtype": "float64", "grad_clip": 1.0},
-                        relax={"theta": theta, "regularizer": {"rows": None}})
+    return nbody_recipe(
+        "ddp",
+        epochs=epochs,
+        train=31,
+        val=15,
+        test=15,
+        seed=5,
+        trainer={"batch_size": 7, "dtype": "float64", "grad_clip": 1.0},
+        relax={"theta": theta, "regularizer": {"rows": None}},
+    )
 
 
 def launch(args: list[str], cwd: Path, torchrun: bool = False) -> subprocess.CompletedProcess[str]:
@@ -62,7 +68,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path: Path, nbody_recipe: 
     assert_same_run(tmp_path / "single", tmp_path / "ddp")
     a, b = (read_json(tmp_path / d / "summary.json") for d in ("single", "ddp"))
     assert b["test_relaxed_kept"] == pytest.approx(a["test_relaxed_kept"], rel=1e-9)
-    listing = lambda d: sorted(p.name for p in (tmp_path / d).iterdir())  # noqa: E731
+    listing = lambda d: sorted(p.name for p in (tmp_path / d).iterdir())
     assert listing("ddp") == listing("single")
 
 
@@ -71,8 +77,14 @@ def test_nproc_kill_minus_nine_and_resume(tmp_path: Path, nbody_recipe: Callable
     launch(["train", str(path), "--run-dir", "single"], tmp_path)
 
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*RELAX, "train", "--nproc", "2", str(path), "--run-dir", "killed"], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*RELAX, "train", "--nproc", "2", str(path), "--run-dir", "killed"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     last = tmp_path / "killed" / "checkpoints" / "last.safetensors"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -43,9 +43,12 @@ def test_no_output_may_be_an_input(tmp_path: Path) -> None:
 
 def test_json_is_strict_with_a_reason_beside_each_null(tmp_path: Path) -> None:
     text = strict_json({"val": float("nan"), "sites": {"a.b": {"lie": float("-inf")}}, "steps": [1.0, float("inf")]})
-    assert strict_loads(text) == {"val": None, "sites": {"a.b": {"lie": None}}, "steps": [1.0, None],
-                                  "null_reasons": {"val": "not finite: nan", "sites/a.b/lie": "not finite: -inf",
-                                                   "steps/1": "not finite: inf"}}
+    assert strict_loads(text) == {
+        "val": None,
+        "sites": {"a.b": {"lie": None}},
+        "steps": [1.0, None],
+        "null_reasons": {"val": "not finite: nan", "sites/a.b/lie": "not finite: -inf", "steps/1": "not finite: inf"},
+    }
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.append({"kind": "eval", "step": 1, "val_projected": float("nan")})
     line = strict_loads((tmp_path / "metrics.jsonl").read_text())
@@ -53,8 +56,11 @@ def test_json_is_strict_with_a_reason_beside_each_null(tmp_path: Path) -> None:
 
     # checkpoint metadata: strict, and a trainer state's inf (an unset best loss) comes back exactly
     tensors, skeleton = flatten_state({"best_val": math.inf, "lr": [1e-3, -math.inf]}, "state")
-    save_checkpoint(tmp_path / "c.safetensors", {"w": torch.zeros(2)},
-                    {"format": "relaxcli/projected/1", "trainer_state": skeleton, "theta": float("nan")})
+    save_checkpoint(
+        tmp_path / "c.safetensors",
+        {"w": torch.zeros(2)},
+        {"format": "relaxcli/projected/1", "trainer_state": skeleton, "theta": float("nan")},
+    )
     ckpt = load_checkpoint(tmp_path / "c.safetensors")
     for key in ("trainer_state", "theta", "null_reasons"):
         strict_loads(ckpt.metadata[key])
@@ -79,8 +85,13 @@ def _export_and_kill(tmp_path: Path, ckpt: Path, out: Path, moment: str) -> str:
     just made), "write" (torch.export.save is writing) or "check" (the program is written and being checked).
     Returns the moment it was actually killed at ("end" if it finished first)."""
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*RELAX, "export", str(ckpt), "-o", str(out), "--overwrite"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*RELAX, "export", str(ckpt), "-o", str(out), "--overwrite"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stale = set(_temps(out.parent, out.name))  # left by the trials before (a kill leaves its temporary file)
     seen, deadline = "none", time.time() + 300
     while proc.poll() is None and time.time() < deadline:
@@ -97,8 +108,9 @@ def _export_and_kill(tmp_path: Path, ckpt: Path, out: Path, moment: str) -> str:
     return seen
 
 
-def test_kill_minus_nine_during_export_leaves_the_old_program_or_none(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                                      nbody_recipe: Callable[..., Path]) -> None:
+def test_kill_minus_nine_during_export_leaves_the_old_program_or_none(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     relax_cli("train", nbody_recipe(epochs=1), "--run-dir", "run", cwd=tmp_path)
     _check_strict_json(tmp_path / "run", relax_cli)
     best = tmp_path / "run" / "checkpoints" / "best.safetensors"

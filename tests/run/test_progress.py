@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 
-def test_off_a_terminal_train_logs_plain_lines_with_real_losses(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                                nbody_recipe: Callable[..., Path]) -> None:
+def test_off_a_terminal_train_logs_plain_lines_with_real_losses(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=3, train=40, trainer={"log_every": 2})  # 4 steps per epoch, 12 in all
     proc = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)  # stderr is a pipe here
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("step ")]
@@ -24,8 +25,9 @@ def test_off_a_terminal_train_logs_plain_lines_with_real_losses(tmp_path: Path, 
     assert "epoch 4/3" not in proc.stderr
 
 
-def test_no_progress_is_silent(tmp_path: Path, relax_cli: Callable[..., Any],
-                               nbody_recipe: Callable[..., Path]) -> None:
+def test_no_progress_is_silent(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=1)
     proc = relax_cli("train", recipe, "--run-dir", "run", "--no-progress", cwd=tmp_path)
     assert not [ln for ln in proc.stderr.splitlines() if ln.startswith("step ")]

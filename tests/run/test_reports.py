@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from relaxcli.run import reports as metrics
 from relaxcli.run.reports import flatten_record, summarize, write_csv, write_plots
 from relaxcli.run.runlog import MetricsLog
 
@@ -19,32 +18,93 @@ def relaxed_records(n_steps: int = 40, eval_every: int = 10, gamma: bool = True)
     records: list[dict] = []
     for step in range(n_steps):
         theta = max(0.0, 1.0 - step / (n_steps - 1))
-        records.append({"kind": "train", "step": step, "epoch": step // 10, "loss": 2.0 / (step + 1) + 0.1,
-                        "task": 2.0 / (step + 1), "reg": 0.1, "projection": 0.05, "lie": 0.03, "discrete": 0.02,
-                        "theta": theta, "lr": 1e-3, "time": 0.01 * step})
+        records.append(
+            {
+                "kind": "train",
+                "step": step,
+                "epoch": step // 10,
+                "loss": 2.0 / (step + 1) + 0.1,
+                "task": 2.0 / (step + 1),
+                "reg": 0.1,
+                "projection": 0.05,
+                "lie": 0.03,
+                "discrete": 0.02,
+                "theta": theta,
+                "lr": 1e-3,
+                "time": 0.01 * step,
+            }
+        )
         if step % eval_every == eval_every - 1:
-            sites = {s: {"theta": theta, "weight_norm": 1.0 + i, "lie": (i + 1) * 1e-2 * theta + 1e-6,
-                         "discrete": 0.0} for i, s in enumerate(SITES)}
+            sites = {
+                s: {"theta": theta, "weight_norm": 1.0 + i, "lie": (i + 1) * 1e-2 * theta + 1e-6, "discrete": 0.0}
+                for i, s in enumerate(SITES)
+            }
             if gamma:
                 for i, s in enumerate(SITES):
                     sites[s]["gamma"] = 0.5 + 0.1 * i
-            records.append({"kind": "eval", "step": step, "epoch": step // 10, "val_projected": 1.0 / (step + 1),
-                            "val_relaxed": 0.9 / (step + 1), "theta": theta, "best": True, "sites": sites})
-    records.append({"kind": "test", "step": n_steps - 1, "epoch": 3, "val_projected": 0.03,
-                    "test_projected": 0.031, "test_relaxed": 0.029})
+            records.append(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "epoch": step // 10,
+                    "val_projected": 1.0 / (step + 1),
+                    "val_relaxed": 0.9 / (step + 1),
+                    "theta": theta,
+                    "best": True,
+                    "sites": sites,
+                }
+            )
+    records.append(
+        {
+            "kind": "test",
+            "step": n_steps - 1,
+            "epoch": 3,
+            "val_projected": 0.03,
+            "test_projected": 0.031,
+            "test_relaxed": 0.029,
+        }
+    )
     return records
 
 
 def standard_records(n_steps: int = 30) -> list[dict]:
     records: list[dict] = []
     for step in range(n_steps):
-        records.append({"kind": "train", "step": step, "epoch": 0, "loss": 1.0 / (step + 1),
-                        "task": 1.0 / (step + 1), "lr": 1e-3, "time": 0.0, "theta": None})
+        records.append(
+            {
+                "kind": "train",
+                "step": step,
+                "epoch": 0,
+                "loss": 1.0 / (step + 1),
+                "task": 1.0 / (step + 1),
+                "lr": 1e-3,
+                "time": 0.0,
+                "theta": None,
+            }
+        )
         if step % 10 == 9:
-            records.append({"kind": "eval", "step": step, "epoch": 0, "val_projected": 0.5 / (step + 1),
-                            "val_relaxed": None, "theta": None, "best": True, "sites": {}})
-    records.append({"kind": "test", "step": n_steps - 1, "epoch": 0, "val_projected": 0.02,
-                    "test_projected": 0.021, "test_relaxed": None})
+            records.append(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "epoch": 0,
+                    "val_projected": 0.5 / (step + 1),
+                    "val_relaxed": None,
+                    "theta": None,
+                    "best": True,
+                    "sites": {},
+                }
+            )
+    records.append(
+        {
+            "kind": "test",
+            "step": n_steps - 1,
+            "epoch": 0,
+            "val_projected": 0.02,
+            "test_projected": 0.021,
+            "test_relaxed": None,
+        }
+    )
     return records
 
 
@@ -55,8 +115,13 @@ def test_append_read_round_trip_with_non_finite_as_null(tmp_path: Path) -> None:
     path = tmp_path / "run" / "metrics.jsonl"
     log = MetricsLog(path)
     first = {"kind": "train", "step": 0, "loss": float("nan"), "task": 1.5, "theta": float("inf"), "reg": None}
-    second = {"kind": "eval", "step": 1, "val_projected": 0.25, "best": True,
-              "sites": {"a.b": {"lie": float("-inf"), "theta": 0.5}}}
+    second = {
+        "kind": "eval",
+        "step": 1,
+        "val_projected": 0.25,
+        "best": True,
+        "sites": {"a.b": {"lie": float("-inf"), "theta": 0.5}},
+    }
     log.append(first)
     log.append(second)
 
@@ -65,10 +130,23 @@ def test_append_read_round_trip_with_non_finite_as_null(tmp_path: Path) -> None:
     assert "NaN" not in lines[0] and "Infinity" not in lines[0]
     records = MetricsLog.read(path)
     assert records == [  # each null that was a number says why
-        {"kind": "train", "step": 0, "loss": None, "task": 1.5, "theta": None, "reg": None,
-         "null_reasons": {"loss": "not finite: nan", "theta": "not finite: inf"}},
-        {"kind": "eval", "step": 1, "val_projected": 0.25, "best": True, "sites": {"a.b": {"lie": None, "theta": 0.5}},
-         "null_reasons": {"sites/a.b/lie": "not finite: -inf"}},
+        {
+            "kind": "train",
+            "step": 0,
+            "loss": None,
+            "task": 1.5,
+            "theta": None,
+            "reg": None,
+            "null_reasons": {"loss": "not finite: nan", "theta": "not finite: inf"},
+        },
+        {
+            "kind": "eval",
+            "step": 1,
+            "val_projected": 0.25,
+            "best": True,
+            "sites": {"a.b": {"lie": None, "theta": 0.5}},
+            "null_reasons": {"sites/a.b/lie": "not finite: -inf"},
+        },
     ]
     assert MetricsLog.count_lines(path) == 2
     assert MetricsLog.read(tmp_path / "missing.jsonl") == []
@@ -79,8 +157,9 @@ def test_numpy_and_torch_scalars_are_written_as_numbers(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     log = MetricsLog(tmp_path / "m.jsonl")
     log.append({"a": np.float32(0.5), "b": torch.tensor(2.0), "c": np.float64("nan"), "d": np.int64(3)})
-    assert MetricsLog.read(log.path) == [{"a": 0.5, "b": 2.0, "c": None, "d": 3,
-                                          "null_reasons": {"c": "not finite: nan"}}]
+    assert MetricsLog.read(log.path) == [
+        {"a": 0.5, "b": 2.0, "c": None, "d": 3, "null_reasons": {"c": "not finite: nan"}}
+    ]
 
 
 def test_truncated_last_line_is_skipped_and_repaired_on_reopen(tmp_path: Path) -> None:
@@ -135,8 +214,13 @@ def test_truncate_with_fewer_lines_keeps_them_all(tmp_path: Path) -> None:
 def test_csv_columns_and_values(tmp_path: Path) -> None:
     records = [
         {"kind": "train", "step": 0, "loss": 1.25, "theta": None},
-        {"kind": "eval", "step": 5, "val_projected": 0.5, "best": True,
-         "sites": {"layers.0.tp": {"theta": 0.3, "lie": 1e-3}, "layers.1.tp": {"theta": 0.2, "gamma": 0.7}}},
+        {
+            "kind": "eval",
+            "step": 5,
+            "val_projected": 0.5,
+            "best": True,
+            "sites": {"layers.0.tp": {"theta": 0.3, "lie": 1e-3}, "layers.1.tp": {"theta": 0.2, "gamma": 0.7}},
+        },
         {"kind": "test", "step": 5, "test_projected": float("nan"), "extra": [1, 2]},
     ]
     path = write_csv(records, tmp_path / "out" / "metrics.csv")
@@ -144,9 +228,20 @@ def test_csv_columns_and_values(tmp_path: Path) -> None:
         reader = csv.DictReader(f)
         rows = list(reader)
         columns = reader.fieldnames
-    assert columns == ["kind", "step", "loss", "theta", "val_projected", "best", "site/layers.0.tp/theta",
-                       "site/layers.0.tp/lie", "site/layers.1.tp/theta", "site/layers.1.tp/gamma",
-                       "test_projected", "extra"]
+    assert columns == [
+        "kind",
+        "step",
+        "loss",
+        "theta",
+        "val_projected",
+        "best",
+        "site/layers.0.tp/theta",
+        "site/layers.0.tp/lie",
+        "site/layers.1.tp/theta",
+        "site/layers.1.tp/gamma",
+        "test_projected",
+        "extra",
+    ]
     assert len(rows) == 3
     assert rows[0]["kind"] == "train" and float(rows[0]["loss"]) == 1.25 and rows[0]["theta"] == ""
     assert rows[0]["site/layers.0.tp/lie"] == ""
@@ -223,10 +318,20 @@ def test_plots_do_not_import_pyplot(tmp_path: Path) -> None:
 def test_summarize_relaxed_run() -> None:
     records = relaxed_records()
     # A worse eval later on must not be picked, and a NaN-turned-null one is ignored.
-    records.append({"kind": "eval", "step": 45, "val_projected": 0.9, "val_relaxed": 0.8, "theta": 0.0,
-                    "best": False, "sites": {}})
-    records.append({"kind": "eval", "step": 46, "val_projected": None, "val_relaxed": None, "theta": 0.0,
-                    "best": False, "sites": {}})
+    records.append(
+        {"kind": "eval", "step": 45, "val_projected": 0.9, "val_relaxed": 0.8, "theta": 0.0, "best": False, "sites": {}}
+    )
+    records.append(
+        {
+            "kind": "eval",
+            "step": 46,
+            "val_projected": None,
+            "val_relaxed": None,
+            "theta": 0.0,
+            "best": False,
+            "sites": {},
+        }
+    )
     s = summarize(records)
     assert s["best_eval"]["step"] == 39
     assert math.isclose(s["best_eval"]["val_projected"], 1.0 / 40)

@@ -90,8 +90,9 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
 
 def _popen(tmp_path: Path, *args: str | Path, slow: float = 0.0) -> subprocess.Popen[str]:
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "SLOW_ITEMS": str(slow)}
-    return subprocess.Popen([*RELAX, *map(str, args)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*RELAX, *map(str, args)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _no_duplicates(records: list[dict[str, Any]], epochs: int) -> None:
@@ -120,8 +121,9 @@ def _wait_for_epoch(proc: subprocess.Popen[str], last: Path, epoch: int) -> None
     raise AssertionError(f"the run ended (or hung) before epoch {epoch}: {proc.poll()}")
 
 
-def test_overwrite_never_touches_a_users_own_folder(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                    nbody_recipe: Callable[..., Path]) -> None:
+def test_overwrite_never_touches_a_users_own_folder(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     project = tmp_path / "myproject"
     (project / "data").mkdir(parents=True)
     shutil.copy(nbody_recipe(), project / "recipe.yaml")  # a recipe.yaml does not make a run directory
@@ -150,8 +152,9 @@ def test_overwrite_never_touches_a_users_own_folder(tmp_path: Path, relax_cli: C
     assert _snapshot(legacy) == _snapshot(LEGACY)
 
 
-def test_overwrite_replaces_only_what_relax_wrote(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                  nbody_recipe: Callable[..., Path]) -> None:
+def test_overwrite_replaces_only_what_relax_wrote(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=1)
     relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     run = tmp_path / "run"
@@ -179,8 +182,9 @@ def test_overwrite_replaces_only_what_relax_wrote(tmp_path: Path, relax_cli: Cal
     assert all(r.get("epoch") == 1 for r in read_jsonl(run / "metrics.jsonl"))
 
 
-def test_two_trainers_in_one_run_dir_one_runs_the_other_stops_at_once(tmp_path: Path,
-                                                                       nbody_recipe: Callable[..., Path]) -> None:
+def test_two_trainers_in_one_run_dir_one_runs_the_other_stops_at_once(
+    tmp_path: Path, nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=6, data=_data(tmp_path, "SlowNBody"))  # at least 6 · 60 · 0.02 s = 7 s
     first = _popen(tmp_path, "train", recipe, "seed=1", "--run-dir", "run", "--no-progress", slow=0.02)
     second = _popen(tmp_path, "train", recipe, "seed=2", "--run-dir", "run", "--no-progress", slow=0.02)
@@ -203,8 +207,9 @@ def test_two_trainers_in_one_run_dir_one_runs_the_other_stops_at_once(tmp_path: 
     assert len([r for r in records if r["kind"] == "train"]) == 6 * 6 // 2  # 6 steps per epoch, logged every 2nd
 
 
-def test_resume_takes_the_lock_and_kill_minus_nine_leaves_none(tmp_path: Path, relax_cli: Callable[..., Any],
-                                                               nbody_recipe: Callable[..., Path]) -> None:
+def test_resume_takes_the_lock_and_kill_minus_nine_leaves_none(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=8, data=_data(tmp_path, "SlowNBody"))
     run = tmp_path / "run"
     trainer = _popen(tmp_path, "train", recipe, "--run-dir", "run", "--no-progress", slow=0.08)  # 5 s an epoch
@@ -243,12 +248,10 @@ def test_a_run_of_the_previous_release_gets_the_marker_when_resumed(tmp_path: Pa
         rundir.reopen(tmp_path)
 
 
-
-
 @pytest.mark.parametrize(("split", "name"), [("test", "test"), ("val", "validation")])
-def test_non_finite_metrics_are_errors_naming_the_split(tmp_path: Path, split: str, name: str,
-                                                        relax_cli: Callable[..., Any],
-                                                        nbody_recipe: Callable[..., Path]) -> None:
+def test_non_finite_metrics_are_errors_naming_the_split(
+    tmp_path: Path, split: str, name: str, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
     recipe = nbody_recipe(epochs=1, data=_data(tmp_path, "PoisonedNBody", poison=split, items=[3, 7]))
     proc = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr

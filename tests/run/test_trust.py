@@ -35,8 +35,10 @@ from relaxcli.run.checkpoint import save_checkpoint
 #: A user's own model class: legitimate, but not on the allowlist.
 MY_MODELS = "from relaxcli.tasks import SEGNN\n\n\nclass Net(SEGNN):\n    pass\n"
 #: A third-party module that does damage as soon as it is imported, and again when its callable is called.
-EVIL_PKG = ("import pathlib\npathlib.Path('MARKER').touch()\n\n\ndef make(*args, **kwargs):\n"
-            "    pathlib.Path('MARKER').touch()\n")
+EVIL_PKG = (
+    "import pathlib\npathlib.Path('MARKER').touch()\n\n\ndef make(*args, **kwargs):\n"
+    "    pathlib.Path('MARKER').touch()\n"
+)
 #: (component, keyword arguments): each would create MARKER (in the working directory) if it were ever run.
 EVIL = [
     ("os.system", {"command": "touch MARKER"}),
@@ -97,16 +99,15 @@ def refused(proc: subprocess.CompletedProcess[str], cwd: Path, *names: str) -> N
 
 
 @pytest.mark.parametrize("target, kwargs", EVIL, ids=[t for t, _ in EVIL])
-def test_a_checkpoint_naming_code_is_refused_before_any_import(own_run: Path, tmp_path: Path, target: str,
-                                                                kwargs: dict[str, Any],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_checkpoint_naming_code_is_refused_before_any_import(
+    own_run: Path, tmp_path: Path, target: str, kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cwd = tmp_path
     shutil.copy(own_run / "evilpkg.py", cwd / "evilpkg.py")
     run = cwd / "run"
     shutil.copytree(own_run / "run", run)
     best = craft(run / "checkpoints" / "best.safetensors", cwd / "evil.safetensors", evil_model(target, kwargs))
-    projected = craft(own_run / "projected.safetensors", cwd / "evil.projected.safetensors",
-                      evil_model(target, kwargs))
+    projected = craft(own_run / "projected.safetensors", cwd / "evil.projected.safetensors", evil_model(target, kwargs))
 
     refused(run_relax("inspect", best, cwd=cwd, check=False), cwd, target, "--recipe")
     refused(run_relax("project", best, "-o", "out.safetensors", cwd=cwd, check=False), cwd, target)
@@ -136,8 +137,11 @@ def test_a_checkpoint_naming_code_is_refused_before_any_import(own_run: Path, tm
 def test_a_recipe_the_user_holds_replaces_the_stored_one(own_run: Path, tmp_path: Path) -> None:
     for name in ("evilpkg.py", "tiny.yaml"):
         shutil.copy(own_run / name, tmp_path / name)
-    best = craft(own_run / "run" / "checkpoints" / "best.safetensors", tmp_path / "evil.safetensors",
-                 evil_model("evilpkg.make", {}))
+    best = craft(
+        own_run / "run" / "checkpoints" / "best.safetensors",
+        tmp_path / "evil.safetensors",
+        evil_model("evilpkg.make", {}),
+    )
     proc = run_relax("inspect", best, "--recipe", "tiny.yaml", "--json", cwd=tmp_path)  # the stored one is not read
     assert json.loads(proc.stdout)["model"] == "relaxcli.tasks.SEGNN"
     proc = run_relax("project", best, "--recipe", "tiny.yaml", "-o", "mine.safetensors", cwd=tmp_path)
@@ -157,13 +161,22 @@ def test_every_component_of_a_stored_recipe_is_checked(own_run: Path, tmp_path: 
 
     best = craft(own_run / "run" / "checkpoints" / "best.safetensors", tmp_path / "evil.safetensors", edit)
     proc = run_relax("inspect", best, cwd=tmp_path, check=False)
-    refused(proc, tmp_path, "mymodels.Net", "data._component_ = 'evilpkg.make'", "builtins.exec",
-            "relaxcli.run.files.atomic_write", "torch.optim.optimizer.torch.load", "relax.ops[0].layer")
+    refused(
+        proc,
+        tmp_path,
+        "mymodels.Net",
+        "data._component_ = 'evilpkg.make'",
+        "builtins.exec",
+        "relaxcli.run.files.atomic_write",
+        "torch.optim.optimizer.torch.load",
+        "relax.ops[0].layer",
+    )
     assert "6 components" in proc.stderr and "Nothing was imported" in proc.stderr
 
 
-def test_the_users_own_model_works_with_the_trust_flag(own_run: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_users_own_model_works_with_the_trust_flag(
+    own_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cwd = tmp_path
     shutil.copy(own_run / "mymodels.py", cwd / "mymodels.py")
     shutil.copytree(own_run / "run", cwd / "run")
@@ -184,30 +197,53 @@ def test_the_users_own_model_works_with_the_trust_flag(own_run: Path, tmp_path: 
     with pytest.raises(TrustError, match=r"mymodels\.Net"):
         relaxcli.load_model(best)
     kept = relaxcli.load_model(best, trust=True)
-    assert type(kept).__name__ == "RelaxedModel" and type(relaxcli.load_model(cwd / "projected.safetensors",
-                                                                             trust=True)).__name__ == "Net"
+    assert (
+        type(kept).__name__ == "RelaxedModel"
+        and type(relaxcli.load_model(cwd / "projected.safetensors", trust=True)).__name__ == "Net"
+    )
 
 
 def test_a_recipe_of_the_user_must_fit_the_checkpoint(own_run: Path, tmp_path: Path) -> None:
     other = nbody_recipe_data("other", model={**TINY_SEGNN, "hidden_irreps": "8x0e+8x1o"})
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
-    proc = run_relax("inspect", own_run / "projected.safetensors", "--recipe", "other.yaml", cwd=tmp_path,
-                     check=False)
+    proc = run_relax("inspect", own_run / "projected.safetensors", "--recipe", "other.yaml", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "does not fit relaxcli.tasks.SEGNN" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_the_allowlist_is_explicit() -> None:
-    for target in ("relaxcli.tasks.SEGNN", "relaxcli.models.SEGNN", "relaxcli.data.NBodyData",
-                   "relaxcli.tasks.pointcloud.VNPointNet", "relaxcli.ops.vector_neurons.VNLinear", "torch.optim.Adam",
-                   "torch.optim.lr_scheduler.CosineAnnealingLR", "torch.nn.MSELoss", "torch.nn.CrossEntropyLoss",
-                   "e3nn.o3.Linear", "e3nn.nn.models.gate_points_2101.Network"):
+    for target in (
+        "relaxcli.tasks.SEGNN",
+        "relaxcli.models.SEGNN",
+        "relaxcli.data.NBodyData",
+        "relaxcli.tasks.pointcloud.VNPointNet",
+        "relaxcli.ops.vector_neurons.VNLinear",
+        "torch.optim.Adam",
+        "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "torch.nn.MSELoss",
+        "torch.nn.CrossEntropyLoss",
+        "e3nn.o3.Linear",
+        "e3nn.nn.models.gate_points_2101.Network",
+    ):
         assert allowed(target), target
-    for target in ("os.system", "subprocess.run", "builtins.exec", "builtins.eval", "torch.load", "torch.nn.Linear",
-                   "torch.optim.optimizer.torch.load", "torch.nn.functional.os.system",
-                   "relaxcli.run.files.atomic_write",
-                   "relaxcli.ops.program.load_program", "relaxcli.program.load_program", "relaxcli.tasks.cache.np.load",
-                   "e3nn.nn.models.gate_points_2101.torch.load", "evilpkg.make", "torch.optim._adam.Adam", "os"):
+    for target in (
+        "os.system",
+        "subprocess.run",
+        "builtins.exec",
+        "builtins.eval",
+        "torch.load",
+        "torch.nn.Linear",
+        "torch.optim.optimizer.torch.load",
+        "torch.nn.functional.os.system",
+        "relaxcli.run.files.atomic_write",
+        "relaxcli.ops.program.load_program",
+        "relaxcli.program.load_program",
+        "relaxcli.tasks.cache.np.load",
+        "e3nn.nn.models.gate_points_2101.torch.load",
+        "evilpkg.make",
+        "torch.optim._adam.Adam",
+        "os",
+    ):
         assert not allowed(target), target
     # a recipe the user runs is trusted as usual; only a file's is checked
     data = nbody_recipe_data(model={"_component_": "torch.nn.Identity"})
@@ -227,8 +263,12 @@ def _crafted_pt2(folder: Path) -> Path:
     torch.export.save(torch.export.export(torch.nn.Linear(3, 2), (torch.randn(4, 3),)), clean)
     with zipfile.ZipFile(clean) as src, zipfile.ZipFile(evil, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
-            dst.writestr(info, pickle.dumps(Payload()) if info.filename.endswith("sample_inputs/model.pt")
-                         else src.read(info.filename))
+            dst.writestr(
+                info,
+                pickle.dumps(Payload())
+                if info.filename.endswith("sample_inputs/model.pt")
+                else src.read(info.filename),
+            )
     return evil
 
 
@@ -236,16 +276,26 @@ def test_a_pt2_named_by_a_file_is_refused(own_run: Path, tmp_path: Path) -> None
     evil = _crafted_pt2(tmp_path)
     # the finding: torch.export.load (torch 2.13) unpickles the sample inputs, and when the safe (weights_only)
     # load fails it retries with weights_only=False, running the pickle's code
-    proc = subprocess.run([sys.executable, "-c", "import torch\ntry:\n    torch.export.load('evil.pt2')\n"
-                           "except Exception:\n    pass"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert (tmp_path / "MARKER").exists(), f"torch.export.load no longer runs a .pt2's pickle: revisit the .pt2 " \
-                                           f"rule in relaxcli.recipe.trust\n{proc.stderr}"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torch\ntry:\n    torch.export.load('evil.pt2')\nexcept Exception:\n    pass"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (tmp_path / "MARKER").exists(), (
+        f"torch.export.load no longer runs a .pt2's pickle: revisit the .pt2 "
+        f"rule in relaxcli.recipe.trust\n{proc.stderr}"
+    )
     (tmp_path / "MARKER").unlink()
 
     # so a .pt2 named by a checkpoint (relaxcli.ops.program.load_program, or its 0.1.0 path) is refused unread
     for target in ("relaxcli.ops.program.load_program", "relaxcli.program.load_program"):
-        best = craft(own_run / "run" / "checkpoints" / "best.safetensors", tmp_path / "pt2.safetensors",
-                     evil_model(target, {"path": str(evil)}))
+        best = craft(
+            own_run / "run" / "checkpoints" / "best.safetensors",
+            tmp_path / "pt2.safetensors",
+            evil_model(target, {"path": str(evil)}),
+        )
         proc = run_relax("inspect", best, cwd=tmp_path, check=False)
         refused(proc, tmp_path, target, "torch.export program (.pt2)")
     assert not (tmp_path / "MARKER").exists()

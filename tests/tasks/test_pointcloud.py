@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader
 import relaxcli
 import relaxcli.tasks.pointcloud as data_mod
 from relaxcli import RelaxError
+from relaxcli.core.reps import default_dtype
+from relaxcli.ops.vector_neurons import VNLinear
+from relaxcli.recipe import load_recipe
 from relaxcli.run.build import load_model
-from relaxcli.tasks.pointcloud import POINTCLOUD_CLASSES, PointCloudData, sample_shapes, shape_surface_residual
 from relaxcli.run.evaluation import accuracy
 from relaxcli.tasks import VNPointNet
-from relaxcli.recipe import load_recipe
-from relaxcli.core.reps import default_dtype
+from relaxcli.tasks.pointcloud import POINTCLOUD_CLASSES, PointCloudData, sample_shapes, shape_surface_residual
 from relaxcli.testing import equivariance_error
-from relaxcli.ops.vector_neurons import VNLinear
 
 RECIPES = Path(relaxcli.__file__).parent / "recipes"
 C = len(POINTCLOUD_CLASSES)
@@ -59,8 +59,9 @@ def calibrated(model: VNPointNet, points: torch.Tensor) -> VNPointNet:
 
 def invariance(model: torch.nn.Module, points: torch.Tensor, seed: int = 0, translation: bool = False) -> float:
     gen = torch.Generator().manual_seed(seed)
-    return equivariance_error(model, (points,), ["cartesian_points"], None, do_translation=translation,
-                              generator=gen).relative
+    return equivariance_error(
+        model, (points,), ["cartesian_points"], None, do_translation=translation, generator=gen
+    ).relative
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -68,7 +69,9 @@ def invariance(model: torch.nn.Module, points: torch.Tensor, seed: int = 0, tran
 
 def test_deterministic_cached_and_split_independent(tmp_path: Path) -> None:
     a = PointCloudData(train=70, val=40, test=30, num_points=32, seed=0, cache_dir=tmp_path)
-    assert set(a.sources.values()) == {"generated"} and all(p is not None and p.is_file() for p in a.cache_paths.values())
+    assert set(a.sources.values()) == {"generated"} and all(
+        p is not None and p.is_file() for p in a.cache_paths.values()
+    )
     b = PointCloudData(train=70, val=40, test=30, num_points=32, seed=0, cache_dir=tmp_path)
     assert set(b.sources.values()) == {"cache"}
     fresh = PointCloudData(train=70, val=40, test=30, num_points=32, seed=0, cache=False)
@@ -113,7 +116,9 @@ def test_points_lie_on_their_surfaces() -> None:
     assert np.array_equal(plain["rotations"], R) and np.array_equal(plain["labels"], rotated["labels"])
     for i in range(96):
         label, params = int(plain["labels"][i]), plain["params"][i]
-        assert np.abs(shape_surface_residual(plain["points"][i], label, params)).max() < 1e-12, POINTCLOUD_CLASSES[label]
+        assert np.abs(shape_surface_residual(plain["points"][i], label, params)).max() < 1e-12, POINTCLOUD_CLASSES[
+            label
+        ]
         unrotated = rotated["points"][i] @ R[i]
         assert np.abs(shape_surface_residual(unrotated, label, params)).max() < 1e-12
         # the check has teeth: the same points are far from the surface of another class
@@ -248,10 +253,24 @@ def test_recipe_pair_differs_only_in_relax() -> None:
 def test_one_epoch_train_and_project(tmp_path: Path) -> None:
     env = {**os.environ, "RELAX_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     relax = [sys.executable, "-m", "relaxcli"]
-    overrides = ["trainer.epochs=1", "data.train=32", "data.val=16", "data.test=16", "data.num_points=64",
-                 "model.hidden=8", "trainer.batch_size=16", "trainer.eval_batch_size=16", "trainer.device=cpu"]
-    proc = subprocess.run([*relax, "train", str(RECIPES / "pointcloud_relaxed.yaml"), *overrides, "--run-dir",
-                           str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    overrides = [
+        "trainer.epochs=1",
+        "data.train=32",
+        "data.val=16",
+        "data.test=16",
+        "data.num_points=64",
+        "model.hidden=8",
+        "trainer.batch_size=16",
+        "trainer.eval_batch_size=16",
+        "trainer.device=cpu",
+    ]
+    proc = subprocess.run(
+        [*relax, "train", str(RECIPES / "pointcloud_relaxed.yaml"), *overrides, "--run-dir", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["relaxed"] and np.isfinite(summary["test_projected"]) and summary["steps"] == 2
@@ -259,8 +278,13 @@ def test_one_epoch_train_and_project(tmp_path: Path) -> None:
     assert f"test accuracy (projected) {summary['test_projected_accuracy']:.4g}" in proc.stdout
     # the CLI's equivariance check works with an invariant (null) output spec
     best = tmp_path / "run" / "checkpoints" / "best.safetensors"
-    proc = subprocess.run([*relax, "project", str(best), "-o", str(tmp_path / "projected.safetensors")], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*relax, "project", str(best), "-o", str(tmp_path / "projected.safetensors")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "projected.safetensors").is_file()
     # trainer.metrics: [accuracy] reports the projected model's top-1 accuracy on the test split
