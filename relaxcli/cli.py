@@ -251,6 +251,7 @@ def _announce(trainer: Any) -> Any:
             f"{trainer.dist.world} processes and is skipped",
             highlight=False,
         )
+    _warn_if_not_equivariant(trainer)
     r = trainer.relaxed
     if r is None:
         err.print("standard training (relax.enabled is false)", highlight=False)
@@ -267,6 +268,15 @@ def _announce(trainer: Any) -> Any:
                 highlight=False,
             )
     return trainer
+
+
+def _warn_if_not_equivariant(trainer: Any) -> None:
+    """A standard run of a model that is not equivariant trains (a baseline, say), with a warning."""
+    from .run.symmetry import unrelaxed_problem
+
+    problem = unrelaxed_problem(trainer.recipe, trainer.symmetry_check)
+    if problem is not None:
+        err.print(f"warning: {problem}", highlight=False, markup=False)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -306,6 +316,7 @@ def _dry_run(rec: Any) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(rec, Path(tmp), progress=False)
+        _warn_if_not_equivariant(trainer)
         step, _ = trainer.dry_run()
         out.print(
             f"{rec.name}: one training step ok: loss {step['loss']:.4g} (task {step['task']:.4g}); "

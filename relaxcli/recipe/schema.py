@@ -1,33 +1,14 @@
-"""Recipes: the YAML file that says what to train and how.
+"""The recipe schema: one plain dataclass per section (``trainer``, ``relax`` and its subsections, ``symmetry``),
+and :class:`Recipe` holding them with the ``_component_`` sections.
 
-A recipe names its components by import path, torchtune style, and configures
-the trainer and the constraint relaxation in small typed sections::
+Sections are validated by one generic walker (:mod:`.validate`), so adding a key or a subsection means editing a
+dataclass here and nothing else. Ranges and extra checks ride along as ``Annotated`` metadata (:class:`Range`,
+:class:`Check`); a section's ``check(given_keys)`` method reports keys that conflict. Names that a registry defines
+(θ schedules, op actions, evaluation metrics) are checked against that registry, not listed here.
 
-    name: tetris-relaxed
-    seed: 0
-    model:
-      _component_: mypkg.models.Tetris
-      hidden: 16x0e+16x1o
-    data:
-      _component_: mypkg.data.tetris
-    optimizer:
-      _component_: torch.optim.Adam
-      lr: 1e-3
-    trainer:
-      epochs: 50
-    relax:
-      theta: {schedule: triangle, max: 1.0}
-
-Loading checks everything at once (unknown keys, types, ranges, choices,
-importable components, keyword arguments against signatures) and raises one
-:class:`~relaxcli.errors.RecipeError` listing every problem with its line::
-
-    recipe.yaml:12: relax.theta.shedule: unknown key; did you mean 'schedule'?
-
-Typed sections are plain dataclasses validated by one generic walker
-(:func:`_convert`), so adding a key or a subsection means editing a dataclass
-and nothing else. Ranges and extra checks ride along as ``Annotated`` metadata;
-a section's ``check(given_keys)`` method reports keys that conflict.
+Example:
+    >>> TrainerConfig(epochs=3).batch_size
+    32
 """
 
 from __future__ import annotations

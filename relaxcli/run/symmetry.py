@@ -25,6 +25,7 @@ from .build import DTYPES, Splits, build_data
 __all__ = [
     "check_options",
     "check_before_training",
+    "unrelaxed_problem",
     "example_inputs",
     "sample_count",
     "symmetry_args",
@@ -147,7 +148,8 @@ def check_before_training(
     Raises:
         RecipeError: a missing section (for a relaxed run, which ``relax project`` must verify) or a spec that does
             not fit the data, naming the key and its line.
-        EquivarianceError: the unrelaxed model is not equivariant under the section's group.
+        EquivarianceError: the unrelaxed model of a relaxed run is not equivariant under the section's group (a
+            standard run gets the report back: see :func:`unrelaxed_problem`).
     """
     sym = recipe.symmetry
     if sym is None:
@@ -172,7 +174,7 @@ def check_before_training(
         problems = []
         if sym.group == "o3":
             outputs = output if isinstance(output, (list, tuple)) else (output,)
-            specs = [
+            specs: list[tuple[tuple[str | int, ...], str, str | None, Any]] = [
                 (("symmetry", "inputs", i), f"input {i}", spec, x) for i, (spec, x) in enumerate(zip(sym.inputs, args))
             ]
             specs.append((("symmetry", "output"), "the model's output", sym.output, outputs[0]))
@@ -187,16 +189,24 @@ def check_before_training(
         report = equivariance_error(net, check_args, ntrials=1, generator=torch.Generator().manual_seed(0), **kw)
     finally:
         net.train(was_training)
-    tolerance = default_tolerance(recipe)
-    if not report.relative <= tolerance:
-        raise EquivarianceError(
-            f"the model is not equivariant before relaxation: relative error {report.relative:.3e} (tolerance "
-            f"{tolerance:.0e}; {report.describe()}) on two validation items under the recipe's symmetry section. "
-            "'relax project' would refuse the trained model. Check the model (a per-particle centring, a "
-            "constant added to a vector output, a non-equivariant layer) or the symmetry section "
-            f"({locate(recipe, ('symmetry',))})"
-        )
+    problem = unrelaxed_problem(recipe, report)
+    if problem is not None and relaxed:
+        raise EquivarianceError(problem)
     return report
+
+
+def unrelaxed_problem(recipe: Recipe, report: EquivarianceReport | None) -> str | None:
+    """What to say when the model was not equivariant before relaxation (:func:`check_before_training`'s report),
+    or None. A relaxed run stops on it; a standard run (a non-equivariant baseline, say) is warned."""
+    tolerance = default_tolerance(recipe)
+    if report is None or report.relative <= tolerance:
+        return None
+    return (
+        f"the model is not equivariant before relaxation: relative error {report.relative:.3e} (tolerance "
+        f"{tolerance:.0e}; {report.describe()}) on two validation items under the recipe's symmetry section, so "
+        "'relax project' would refuse the trained model. Check the model (a per-particle centring, a constant added "
+        f"to a vector output, a non-equivariant layer) or the symmetry section ({locate(recipe, ('symmetry',))})"
+    )
 
 
 def _dimension_problem(spec: str | None, x: Any) -> str | None:

@@ -78,3 +78,13 @@ def test_a_model_that_is_not_equivariant_before_relaxation_is_reported_at_once(
         assert proc.returncode == 3, proc.stderr
         assert "not equivariant before relaxation" in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_standard_run_of_a_model_that_is_not_equivariant_is_warned(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
+    (tmp_path / "centred.py").write_text(CENTRED)  # a non-equivariant baseline is a legitimate standard run
+    model = {"_component_": "centred.Centred", "hidden_irreps": "4x0e+4x1o", "num_layers": 1}
+    path = nbody_recipe(model=model, relax={"enabled": False}, trainer={"dtype": "float64"})
+    proc = relax_cli("train", path, "--dry-run", cwd=tmp_path)
+    assert "warning: the model is not equivariant before relaxation" in proc.stderr
