@@ -413,7 +413,8 @@ def project(
     tolerance: Annotated[
         Optional[float],
         typer.Option(
-            help="Max relative equivariance error (default 1e-5 for float32 recipes, 1e-10 for float64).",
+            help="Max relative equivariance error, max |f(g·x) − g·f(x)| / max |g·f(x)| (default 1e-5 for float32 "
+            "recipes, 1e-10 for float64); the absolute error is shown beside it.",
             callback=_positive_finite,
         ),
     ] = None,
@@ -495,10 +496,18 @@ def export(
 @_user_errors
 def inspect(
     model: Annotated[Path, typer.Argument(help="A recipe (.yaml), a relaxed or a projected checkpoint.")],
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="KEY=VALUE overrides of a recipe, as for 'relax train'.", metavar="KEY=VALUE"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     tolerance: Annotated[
         Optional[float],
-        typer.Option(help="Exit 3 if the model's relative error exceeds it.", callback=_positive_finite),
+        typer.Option(
+            help="Exit 3 if the model's relative equivariance error (max |f(g·x) − g·f(x)| / max |g·f(x)|) exceeds "
+            "it; the absolute error is shown beside it.",
+            callback=_positive_finite,
+        ),
     ] = None,
     trials: Annotated[int, typer.Option(help="Random group elements per case.", min=1)] = 3,
     samples: Annotated[int, typer.Option(help="Validation samples used.", min=1)] = 16,
@@ -509,7 +518,9 @@ def inspect(
     from .errors import EquivarianceError
     from .run.inspect import inspect_path
 
-    report = inspect_path(model, samples=samples, trials=trials, trust=trust_recipe, recipe=_own_recipe(recipe))
+    report = inspect_path(
+        model, samples=samples, trials=trials, trust=trust_recipe, recipe=_own_recipe(recipe), overrides=overrides
+    )
     if as_json:
         from .run.runlog import strict_json
 

@@ -216,6 +216,8 @@ def test_kill_minus_nine_and_resume_gives_the_same_result(
     lines = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
     strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]
     assert strip(lines("straight")) == strip(lines("killed"))
+    times = [r["time"] for r in lines("killed") if "time" in r]
+    assert times == sorted(times)  # the time column goes on after the resume, it does not restart at 0
 
 
 def test_standard_twin_trains_the_plain_model(

@@ -1,6 +1,6 @@
 """escnn steerable layers: relaxing ``R2Conv`` and ``Linear`` over finite planar groups (C_n, D_n).
 
-escnn is optional (``pip install "relaxcli[escnn]"`` then ``pip install --no-deps escnn``; see the README). Nothing
+escnn is optional (``pip install -e ".[escnn]" && pip install --no-deps escnn==1.0.11``; see the README). Nothing
 here imports it until a model holds an escnn layer.
 
 The branch beside an ``R2Conv`` is a plain convolution with the same geometry (kernel, stride, padding, dilation),
@@ -67,8 +67,9 @@ def import_escnn() -> Any:
             import escnn.nn
     except ImportError as e:
         raise RelaxError(
-            f"this model needs escnn, which is not installed ({e}). Install it with: pip install "
-            '"relaxcli[escnn]" && pip install --no-deps escnn==1.0.11'
+            f"this model needs escnn, which is not installed ({e}). Install it, in the clone, with: pip install "
+            '-e ".[escnn]" && pip install --no-deps escnn==1.0.11 (or ./test.sh --escnn, which sets up .venv-escnn; '
+            'README, "escnn")'
         ) from None
     return escnn
 

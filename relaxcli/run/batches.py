@@ -22,9 +22,12 @@ __all__ = ["split_batch", "call_args", "call_model", "to_device", "example_batch
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     """``(inputs, target)`` from a collated batch."""
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+        got = f"a {type(batch).__name__} of {len(batch)} items" if isinstance(batch, (list, tuple)) else type(batch)
         raise RelaxError(
-            "each data item must be a pair (inputs, target), where inputs is a tensor, a tuple of "
-            f"tensors (positional model arguments) or a dict (keyword arguments); got {type(batch)}"
+            "each data item must be a pair (inputs, target), where inputs is a tensor, a tuple of tensors (positional "
+            f"model arguments) or a dict (keyword arguments); got {got}. For a model of several inputs make each "
+            "item ((x, s), y): TensorDataset(x, s, y) gives (x, s, y), so wrap it, e.g. a Dataset whose __getitem__ "
+            "returns ((x[i], s[i]), y[i])"
         )
     return batch[0], batch[1]
 

@@ -21,6 +21,7 @@ import torch
 from ..core.graph import RelaxedModel
 from ..core.regularizers import site_terms
 from ..core.symmetry import EquivarianceReport, equivariance_error
+from ..errors import RelaxError
 from ..recipe import Recipe, load_recipe
 from .batches import call_model
 from .build import build_model, build_relaxed, restore
@@ -111,11 +112,17 @@ def _learnt_notes(rows: list[SiteRow], kept: float = 0.05) -> list[str]:
 
 
 def inspect_path(
-    path: str | Path, *, samples: int = 16, trials: int = 3, trust: bool = False, recipe: Recipe | None = None
+    path: str | Path,
+    *,
+    samples: int = 16,
+    trials: int = 3,
+    trust: bool = False,
+    recipe: Recipe | None = None,
+    overrides: list[str] | None = None,
 ) -> InspectReport:
-    """Inspect a recipe (``.yaml``/``.yml``) or a checkpoint (``.safetensors``). A checkpoint's stored recipe may
-    only name allowlisted components unless ``trust``; ``recipe`` (one the caller holds) replaces it (see
-    :func:`~relaxcli.run.checkpoint.load_checkpoint`).
+    """Inspect a recipe (``.yaml``/``.yml``, with ``KEY=VALUE`` ``overrides`` as for ``relax train``) or a checkpoint
+    (``.safetensors``). A checkpoint's stored recipe may only name allowlisted components unless ``trust``; ``recipe``
+    (one the caller holds) replaces it (see :func:`~relaxcli.run.checkpoint.load_checkpoint`).
 
     Raises:
         RecipeError: ``samples`` or ``trials`` is not a positive integer.
@@ -124,8 +131,13 @@ def inspect_path(
     p = Path(path)
     site_state: dict[str, dict[str, float]] = {}
     notes: list[str] = []
+    if overrides and p.suffix not in (".yaml", ".yml"):
+        raise RelaxError(
+            f"KEY=VALUE overrides apply to a recipe, not to the checkpoint {p}, whose model is what it stores; to "
+            "inspect it built from a changed recipe, give that recipe with --recipe"
+        )
     if p.suffix in (".yaml", ".yml"):
-        recipe = load_recipe(p)
+        recipe = load_recipe(p, overrides or [])
         model = build_model(recipe)
         relaxed = build_relaxed(model, recipe)
         kind = "recipe"

@@ -25,25 +25,16 @@ Mode = Literal["live", "plain", "off"]
 class Progress:
     """The progress display of one run; ``update`` after logged steps, ``epoch_done`` after each epoch."""
 
-    def __init__(self, mode: Mode, total: int, epochs: int, name: str) -> None:
+    def __init__(self, mode: Mode, total: int, epochs: int, name: str, console: Any = None) -> None:
         self.mode, self.total, self.epochs, self.name = mode, total, epochs, name
+        self.console = console  # a rich Console for the live bar (default: stderr)
         self.bar: Any = None
         self.loss: float | None = None
         self._shown_eval: Any = None
 
     def __enter__(self) -> Progress:
         if self.mode == "live":
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
+            self.bar = _two_line_bar(self.console)
             self.bar.start()
             self.task = self.bar.add_task(self.name, total=self.total, info="")
         return self
@@ -79,3 +70,26 @@ class Progress:
             return
         self._shown_eval = trainer.last_eval
         self.update(trainer, epoch=trainer.epoch)
+
+
+def _two_line_bar(console: Any = None) -> Any:
+    """A rich progress bar whose numbers go on a line of their own below the bar, so that a narrow terminal wraps
+    them instead of cutting them."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as RichProgress
+    from rich.text import Text
+
+    class TwoLines(RichProgress):
+        def get_renderables(self) -> Any:
+            yield self.make_tasks_table(self.tasks)
+            for task in self.tasks:
+                yield Text(str(task.fields.get("info", "")))
+
+    return TwoLines(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=None),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+    )

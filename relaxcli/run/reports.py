@@ -195,6 +195,12 @@ def _site_styles(n: int) -> list[dict[str, Any]]:
     return [{"color": cmap(i % 10), "ls": dashes[(i // 10) % len(dashes)]} for i in range(n)]
 
 
+def _loss_name(records: Iterable[Mapping[str, Any]]) -> str:
+    """The recipe's loss (``MSELoss``), as the test record names it; ``loss`` for a log without one."""
+    names = {str(r["loss_fn"]) for r in _of_kind(records, "test") if r.get("loss_fn")}
+    return names.pop() if len(names) == 1 else "loss"
+
+
 def _plot_loss(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     train, evals, tests = (_of_kind(records, k) for k in ("train", "eval", "test"))
     task = _series(train, "task")
@@ -260,8 +266,8 @@ def _plot_loss(records: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
                 label=f"best (step {int(bx)}: {by:.4g})",
             )
         _log_y(ax, projected[1] + relaxed[1] + test_projected[1] + test_relaxed[1])
-        ax.set_title("Validation and test (the recipe's loss)")
-        ax.set_ylabel("loss")
+        ax.set_title("Validation and test")
+        ax.set_ylabel(_loss_name(records))
         ax.legend(fontsize="small")
     axes[-1].set_xlabel("step")
     return _save(fig, path)
@@ -382,8 +388,8 @@ def write_comparison(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], pa
         train_values += task[1]
     _log_y(val_ax, values)
     _log_y(train_ax, train_values)
-    val_ax.set_title("Validation and test (the recipe's loss)")
-    val_ax.set_ylabel("loss")
+    val_ax.set_title("Validation and test")
+    val_ax.set_ylabel(_loss_name([r for _, records in runs for r in records]))
     val_ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     train_ax.set_title("Training task loss")
     train_ax.set_ylabel("loss")

@@ -110,11 +110,11 @@ class Trainer:
         self.last_eval: tuple[float, float | None] | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self._start_time = time.time()
         if resume:
             self._restore(self.ckpt_dir / "last.safetensors")
         self.log: MetricsLog | _NoLog = MetricsLog(self.metrics_path) if self.dist.is_main else _NoLog()
         self.train_net = wrap(self.net, self.device, self.dist)  # DistributedDataParallel under torchrun
-        self._start_time = time.time()
 
     @property
     def relaxed(self) -> Any:
@@ -355,6 +355,7 @@ class Trainer:
                 extra.update(self.extra_metrics)
         record = {
             "kind": "test",
+            "loss_fn": self.recipe.loss.target.rsplit(".", 1)[-1],  # what the val_*/test_* numbers are
             "step": int(ckpt.json("step")),
             "epoch": int(ckpt.json("epoch")),
             "val_projected": self.best_val,
@@ -449,6 +450,8 @@ class Trainer:
         self.epoch, self.step = int(ckpt.json("epoch")), int(ckpt.json("step"))
         if self.dist.is_main:
             MetricsLog.truncate(self.metrics_path, state["metrics_lines"])
+            times = [r["time"] for r in MetricsLog.read(self.metrics_path) if isinstance(r.get("time"), (int, float))]
+            self._start_time -= max(times, default=0.0)  # the time column goes on from where the run stopped
 
 
 def check_checkpoints(run_dir: Path, recipe: Recipe) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ def test_inspect_and_recipes_at_80_columns_cut_nothing(
         assert "…" not in shown and max(map(len, tables)) <= int(columns), shown
         for path in ("layers.0.message1.tp", "layers.0.update2", "readout1.tp"):
             assert path in shown
+    recipe = tmp_path / "tiny.yaml"  # inspect takes overrides of a recipe, as train does; not of a checkpoint
+    plain = relax_cli("inspect", recipe, "relax.enabled=false", "--json", cwd=tmp_path).stdout
+    assert json.loads(plain)["sites"] == []
+    refused = relax_cli("inspect", "run/checkpoints/best.safetensors", "trainer.epochs=3", cwd=tmp_path, check=False)
+    assert refused.returncode == 1 and "apply to a recipe" in refused.stderr
     listing = relax_cli("recipes", cwd=tmp_path, env=COLUMNS_80).stdout
     assert "…" not in listing and max(map(len, listing.splitlines())) <= 80
     help_text = relax_cli("train", "--help", cwd=tmp_path, env=COLUMNS_80).stdout
