@@ -227,13 +227,12 @@ def call_loss(recipe: Recipe, loss_fn: Any, output: Any, target: Any) -> torch.T
     """``loss_fn(output, target)``, which must be a one-element floating tensor (the batch's mean) for the trainer
     to differentiate; a loss that raises (``reduction: avg``, a target it cannot take) or returns anything else is a
     RecipeError naming the loss."""
-    spec = recipe.loss
-    args = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs.items())
     try:
         value = loss_fn(output, target)
     except RelaxError:
         raise
     except Exception as exc:
+        spec, args = recipe.loss, ", ".join(f"{k}={v!r}" for k, v in recipe.loss.kwargs.items())
         message = str(exc).strip() or type(exc).__name__
         shapes = " and ".join(
             f"{what} of shape {tuple(x.shape)}"
@@ -249,6 +248,7 @@ def call_loss(recipe: Recipe, loss_fn: Any, output: Any, target: Any) -> torch.T
         ) from exc
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
         return value
+    spec, args = recipe.loss, ", ".join(f"{k}={v!r}" for k, v in recipe.loss.kwargs.items())
     shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
     _raise(
         recipe,

@@ -28,8 +28,6 @@ the graph pass like any other model's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from e3nn import o3
 from torch import nn
 from torch.utils.data import Dataset
 
-from .cache import SPLITS, default_cache_dir, read_npz, write_npz
+from .cache import SPLITS, cache_folder, cached, split_sizes
 
 __all__ = [
     "SIMULATOR_VERSION",
@@ -243,7 +241,7 @@ class NBodyData:
         train, val, test: number of systems per split.
         seed: base seed (an int >= 0).
         field: uniform external field along z (0 for the fully E(3)-symmetric task).
-        cache_dir: cache folder; default :func:`default_cache_dir`.
+        cache_dir: cache folder; default :func:`~relaxcli.tasks.cache.default_cache_dir`.
         num_particles: particles per system.
         frames: ``(input_frame, output_frame)``; the papers use ``(30, 40)``.
         cache: set ``False`` to neither read nor write the cache.
@@ -272,13 +270,8 @@ class NBodyData:
         self.field = float(field) + 0.0  # normalises -0.0 to 0.0 so both share a cache entry
         self.num_particles = int(num_particles)
         self.frames = (int(frames[0]), int(frames[1]))
-        self.cache_dir: Path | None = (
-            (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) if cache else None
-        )
-        self.sizes = {"train": int(train), "val": int(val), "test": int(test)}
-        for split, size in self.sizes.items():
-            if size < 0:
-                raise ValueError(f"{split} must be >= 0, got {size}")
+        self.cache_dir = cache_folder(cache_dir, cache)
+        self.sizes = split_sizes(train, val, test)
         self.sources: dict[str, str] = {}
         self.cache_paths: dict[str, Path | None] = {}
         self.splits: dict[str, NBodySplit] = {name: self._load(name) for name in SPLITS}
@@ -306,33 +299,23 @@ class NBodyData:
             "interaction_strength": INTERACTION_STRENGTH,
         }
 
-    def _cache_path(self, split: str, params: dict[str, Any]) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
-        return self.cache_dir / f"nbody-{split}-{digest}.npz"
-
     def _load(self, split: str) -> NBodySplit:
-        params = self.split_params(split)
-        meta = json.dumps(params, sort_keys=True)
-        path = self._cache_path(split, params)
-        self.cache_paths[split] = path
-        if path is not None and path.is_file():
-            arrays = read_npz(path, meta, ARRAY_KEYS)
-            if arrays is not None:
-                self.sources[split] = "cache"
-                return NBodySplit(arrays, split)
-        arrays = simulate_charged_nbody(
-            self.sizes[split],
-            np.random.SeedSequence([self.seed, SPLITS.index(split)]),
-            num_particles=self.num_particles,
-            frames=self.frames,
-            field=self.field,
-            dtype=np.float64,
+        arrays, from_cache, self.cache_paths[split] = cached(
+            self.cache_dir,
+            "nbody",
+            split,
+            self.split_params(split),
+            ARRAY_KEYS,
+            lambda: simulate_charged_nbody(
+                self.sizes[split],
+                np.random.SeedSequence([self.seed, SPLITS.index(split)]),
+                num_particles=self.num_particles,
+                frames=self.frames,
+                field=self.field,
+                dtype=np.float64,
+            ),
         )
-        self.sources[split] = "simulated"
-        if path is not None:
-            write_npz(path, arrays, meta, ARRAY_KEYS)
+        self.sources[split] = "cache" if from_cache else "simulated"
         return NBodySplit(arrays, split)
 
     # -- helpers -----------------------------------------------------------------------------------------

@@ -20,8 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..ops.vector_neurons import VNLinear
-from .cache import SPLITS, default_cache_dir, read_npz, write_npz
+from .cache import SPLITS, cache_folder, cached, split_sizes
 
 __all__ = [
     "POINTCLOUD_VERSION",
@@ -389,7 +387,7 @@ class PointCloudData:
         train, val, test: number of clouds per split.
         num_points: points per cloud.
         seed: base seed (an int >= 0).
-        cache_dir: cache folder; default :func:`default_cache_dir`.
+        cache_dir: cache folder; default :func:`~relaxcli.tasks.cache.default_cache_dir`.
         noise: standard deviation of Gaussian noise on every point.
         rotate: randomly rotate each cloud (``False`` gives the shapes in their own frames, for checks).
         classes: the class names to use (default :data:`POINTCLOUD_CLASSES`); labels index this list.
@@ -425,13 +423,8 @@ class PointCloudData:
         self.noise = float(noise) + 0.0
         self.rotate = bool(rotate)
         self.classes = _check_classes(classes)
-        self.cache_dir: Path | None = (
-            (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) if cache else None
-        )
-        self.sizes = {"train": int(train), "val": int(val), "test": int(test)}
-        for split, size in self.sizes.items():
-            if size < 0:
-                raise ValueError(f"{split} must be >= 0, got {size}")
+        self.cache_dir = cache_folder(cache_dir, cache)
+        self.sizes = split_sizes(train, val, test)
         self.sources: dict[str, str] = {}
         self.cache_paths: dict[str, Path | None] = {}
         self.splits: dict[str, PointCloudSplit] = {name: self._load(name) for name in SPLITS}
@@ -458,29 +451,22 @@ class PointCloudData:
         }
 
     def _load(self, split: str) -> PointCloudSplit:
-        params = self.split_params(split)
-        meta = json.dumps(params, sort_keys=True)
-        path = None
-        if self.cache_dir is not None:
-            digest = hashlib.sha256(meta.encode()).hexdigest()[:20]
-            path = self.cache_dir / f"pointcloud-{split}-{digest}.npz"
-        self.cache_paths[split] = path
-        if path is not None and path.is_file():
-            arrays = read_npz(path, meta, POINTCLOUD_KEYS)
-            if arrays is not None:
-                self.sources[split] = "cache"
-                return PointCloudSplit(arrays, split, self.classes)
-        arrays = sample_shapes(
-            self.sizes[split],
-            np.random.SeedSequence(self.seed, spawn_key=(SPLITS.index(split),)),
-            num_points=self.num_points,
-            noise=self.noise,
-            rotate=self.rotate,
-            classes=self.classes,
+        arrays, from_cache, self.cache_paths[split] = cached(
+            self.cache_dir,
+            "pointcloud",
+            split,
+            self.split_params(split),
+            POINTCLOUD_KEYS,
+            lambda: sample_shapes(
+                self.sizes[split],
+                np.random.SeedSequence(self.seed, spawn_key=(SPLITS.index(split),)),
+                num_points=self.num_points,
+                noise=self.noise,
+                rotate=self.rotate,
+                classes=self.classes,
+            ),
         )
-        self.sources[split] = "generated"
-        if path is not None:
-            write_npz(path, arrays, meta, POINTCLOUD_KEYS)
+        self.sources[split] = "cache" if from_cache else "generated"
         return PointCloudSplit(arrays, split, self.classes)
 
     def __repr__(self) -> str:
