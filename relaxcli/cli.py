@@ -1,4 +1,4 @@
-"""The ``relax`` command: ``train``, ``project``, ``inspect`` and ``recipes``.
+"""The ``relax`` command: ``train``, ``project``, ``inspect``, ``compare`` and ``recipes``.
 
 Errors that a user can fix are printed as one paragraph on stderr with a non-zero exit code (2: bad recipe or
 arguments, 3: not equivariant, 1: anything else); ``--debug`` anywhere on the command line adds the traceback.
@@ -7,6 +7,7 @@ Example:
     $ relax train recipes/nbody_relaxed.yaml trainer.epochs=5
     $ relax project runs/nbody-relaxed-20261122-120000/checkpoints/best.safetensors
     $ relax inspect runs/nbody-relaxed-20261122-120000/checkpoints/best.projected.safetensors --tolerance 1e-6
+    $ relax compare recipes/nbody_relaxed.yaml --variant ace=relax.theta.schedule=ace --seeds 3 --out cmp
 """
 
 from __future__ import annotations
@@ -260,6 +261,8 @@ def _announce(trainer: Any) -> Any:
     fused = sum(s.fused for s in r.sites)
     fused_note = f" ({fused} fused with their op)" if fused else ""
     err.print(f"relaxed {len(r.sites)} sites{fused_note}, graph pass: {r.mode}{reason}", highlight=False)
+    if r.skipped:
+        err.print(_skipped_line(r), highlight=False)
     for path, n in trainer.site_calls().items():
         if n != 1:
             err.print(
@@ -331,7 +334,21 @@ def _dry_run(rec: Any) -> None:
             + (f" ({trainer.relaxed.fallback_reason})" if trainer.relaxed.fallback_reason else ""),
             highlight=False,
         )
-        _site_table(site_rows(trainer.relaxed, example_inputs(rec, 4)))
+        _site_table(site_rows(trainer.relaxed, example_inputs(rec, 4), rec.forward.call_kwargs(training=False)))
+        if trainer.relaxed.skipped:
+            out.print(_skipped_line(trainer.relaxed), highlight=False)
+
+
+def _skipped_line(relaxed: Any) -> str:
+    """The sites found but left without a branch, and why (one line per reason)."""
+    by_reason: dict[str, list[str]] = {}
+    for path, reason in relaxed.skipped:
+        by_reason.setdefault(reason, []).append(path)
+    return "\n".join(
+        f"skipped {len(paths)} site{'s' * (len(paths) != 1)} ({', '.join(paths)}): {reason}; "
+        "relax.scalar_sites: true relaxes them too"
+        for reason, paths in by_reason.items()
+    )
 
 
 def _site_table(rows: list[Any]) -> None:
@@ -360,7 +377,8 @@ def _site_table(rows: list[Any]) -> None:
         ]
         cells.append([f"{v:.3g}" for v in values])
         calls = str(r.calls) if r.calls == 1 else f"[bold red]{r.calls}[/]"
-        table.add_row(r.path, ops[len(cells) - 1], f"{r.rep_in} → {r.rep_out}", *cells[-1], calls)
+        layout = f" {r.layout}" if r.layout else ""  # a VN site's feature layout, as found at its calls
+        table.add_row(r.path, ops[len(cells) - 1], f"{r.rep_in} → {r.rep_out}{layout}", *cells[-1], calls)
     whole = [[r.path for r in rows], ops, *zip(*cells), [str(r.calls) for r in rows]]  # columns never cut
     headers = ["site", "op", *numbers, "calls"]
     needed = sum(max(map(len, [h, *col])) for h, col in zip(headers, whole)) + 16 + 3 * (len(headers) + 1) + 1
@@ -370,7 +388,7 @@ def _site_table(rows: list[Any]) -> None:
     out.print("relaxed sites (‖Bx‖, Lie, discrete: on validation inputs)", highlight=False)
     for r, values in zip(rows, cells):
         out.print(f"{r.path}  {r.op.rsplit('.', 1)[-1]}  calls {r.calls}", highlight=False)
-        out.print(f"  {r.rep_in} → {r.rep_out}", highlight=False)
+        out.print(f"  {r.rep_in} → {r.rep_out}" + (f" {r.layout}" if r.layout else ""), highlight=False)
         out.print("  " + "  ".join(f"{name} {v}" for name, v in zip(numbers, values)), highlight=False)
 
 
@@ -583,6 +601,86 @@ def plot(
     if output.exists() and not overwrite:
         raise RelaxError(f"{output} already exists; pass -o with another path, or --overwrite to replace it")
     out.print(f"wrote {write_comparison(loaded, output)}", highlight=False)
+
+
+# -- compare -----------------------------------------------------------------------------------------------------
+@app.command(short_help="Train variants of a recipe over seeds; does relaxation help?")
+@_user_errors
+def compare(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML.", metavar="RECIPE")],
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="KEY=VALUE overrides for every variant, e.g. trainer.epochs=100.", metavar="KEY=VALUE"),
+    ] = None,
+    variant: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--variant",
+            help="A variant: NAME=OVERRIDE[,OVERRIDE...], e.g. ace=relax.theta.schedule=ace (repeat for more). "
+            "'standard' (relax.enabled=false) and 'recipe' (as written) are always compared too.",
+            metavar="NAME=OVERRIDES",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per variant: seed=0 .. N-1.", min=1)] = 3,
+    jobs: Annotated[int, typer.Option(help="Runs side by side, each in its own process.", min=1)] = 1,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            help="CPU threads for all jobs together, split between them (default: the recipe's trainer.threads, "
+            "else the CPU count).",
+            min=1,
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: runs/, logs/, table.md, table.csv, summary.json.")
+    ] = Path("compare"),
+    no_standard: Annotated[bool, typer.Option("--no-standard", help="Leave out the 'standard' variant.")] = False,
+    no_recipe: Annotated[bool, typer.Option("--no-recipe", help="Leave out the 'recipe' variant.")] = False,
+    metric: Annotated[
+        str, typer.Option(help="The summary.json key compared at matched steps (accuracies: higher is better).")
+    ] = "test_projected",
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Train runs that failed in an earlier compare again.")
+    ] = False,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Train nothing; compare the runs already in --out.")
+    ] = False,
+    equivariance: Annotated[
+        bool,
+        typer.Option(
+            "--equivariance/--no-equivariance", help="Measure the projected equivariance error of each best checkpoint."
+        ),
+    ] = True,
+) -> None:
+    """Train every variant for every seed (fresh 'relax train' processes; finished runs are skipped, killed ones
+    resumed), then compare them: OUT/table.md, table.csv, summary.json and compare.png."""
+    from .run import compare as cmp
+
+    common = list(overrides or [])
+    cmp._no_seed(common, "override")
+    variants = cmp.variants_to_compare(variant or [], standard=not no_standard, recipe=not no_recipe)
+    if not recipe.is_file():
+        raise RelaxError(f"recipe {recipe} does not exist (or is not a file); give a recipe YAML")
+    specs = cmp.plan(out_dir, variants, seeds)
+    if not report_only:
+        from .recipe import load_recipe
+
+        total = threads or load_recipe(recipe, common).trainer.threads or os.cpu_count() or 1
+        echo = functools.partial(err.print, highlight=False, markup=False)
+        status = cmp.run_all(
+            specs, recipe, common, jobs=jobs, threads=total, out=out_dir, retry_failed=retry_failed, echo=echo
+        )
+    result = cmp.report(specs, recipe, common, out=out_dir, metric=metric, equivariance=equivariance)
+    out.print(result.markdown, markup=False, highlight=False)
+    out.print("wrote " + ", ".join(str(p) for p in result.files), highlight=False)
+    if not report_only:
+        failed = [name for name, s in status.items() if s in ("failed", "killed")]
+        if failed:
+            raise RelaxError(
+                f"{len(failed)} of {len(specs)} runs did not finish ({', '.join(failed)}); the table leaves them "
+                f"out. Their logs are in {out_dir / 'logs'}; a killed run is resumed by running the same compare "
+                "again, a failed one with --retry-failed."
+            )
 
 
 # -- recipes -----------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import torch
 from e3nn import o3
 
 from relaxcli.core.reps import default_dtype
+from relaxcli.errors import RelaxError
 from relaxcli.tasks import SEGNN, VNPointNet
 from relaxcli.testing import assert_relaxable
 
@@ -66,5 +67,7 @@ def test_sites_between_invariants_cannot_break_equivariance_and_say_so() -> None
     with default_dtype(torch.float64):
         model = torch.nn.Sequential(o3.Linear("4x0e", "4x0e"))
     x = torch.randn(5, 4, dtype=torch.float64)
-    with pytest.raises(AssertionError, match="did not break equivariance"):
+    with pytest.raises(RelaxError, match="maps invariants to invariants"):  # relax gives such sites no branch
         assert_relaxable(model, (x,), ["4x0e"], "4x0e")
+    with pytest.raises(AssertionError, match="did not break equivariance"):  # and with one, nothing can break
+        assert_relaxable(model, (x,), ["4x0e"], "4x0e", relax_kwargs={"scalar_sites": True})

@@ -23,7 +23,12 @@ from torch import nn
 
 from .reps import Rep
 
-__all__ = ["Branch", "DenseBranch", "VectorBranch"]
+__all__ = ["LayoutError", "Branch", "DenseBranch", "VectorBranch", "vector_axes", "describe_layout"]
+
+
+class LayoutError(ValueError):
+    """A feature whose shape does not fit a branch's layout. The message says the layout assumed and the shape got;
+    the site that ran the branch adds its path and op (:class:`relaxcli.core.graph.Site`)."""
 
 
 class Branch(nn.Module):
@@ -81,7 +86,8 @@ class Branch(nn.Module):
         return self.theta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.theta * self.product(x)
+        # θ scales the (small) weight, not the (large) output: one pass less over the feature, forward and backward
+        return self.product(x, self.theta * self.weight)
 
     def product(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``W x`` on the native layout; ``weight`` (same shape as ``W``) replaces ``W``, e.g. the op's own matrix
@@ -91,6 +97,14 @@ class Branch(nn.Module):
     def rows(self, x: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
         """The input as ``[R, dim_in]`` rows; a uniform random subset of at most ``max_rows`` of them."""
         raise NotImplementedError
+
+    def check_feature(self, x: torch.Tensor) -> None:
+        """Raise :class:`LayoutError` (the layout assumed, the shape got) unless ``x`` fits the branch's layout."""
+
+    @property
+    def layout(self) -> str:
+        """The feature layout found at the calls so far, for tables (``"[B, *, 3, C]"``); empty where trivial."""
+        return ""
 
     def extra_repr(self) -> str:
         return f"{self.dim_in} -> {self.dim_out}"
@@ -113,16 +127,34 @@ class DenseBranch(Branch):
         idx = _pick(r.shape[0], max_rows, r.device)
         return r if idx is None else r[idx]
 
+    def check_feature(self, x: torch.Tensor) -> None:
+        if x.dim() == 0 or x.shape[-1] != self.dim_in:
+            raise LayoutError(
+                f"assumed layout [..., {self.dim_in}] (the feature on the last axis), got shape {tuple(x.shape)}"
+            )
+
 
 class VectorBranch(Branch):
     """``W x`` for Vector-Neuron features: channels on ``channel_axis``, 3-vectors on ``vector_axis``.
 
     ``W`` is ``[3 C_out, 3 C_in]`` with flattened index ``c * 3 + i``; it is applied as ``W[o,i,c,j] x[..c..j..]``
-    without moving axes.
+    without moving axes. With ``vector_axis=None`` the 3-vector axis is found at each call from the feature's shape
+    (:meth:`axes`): the one axis of size 3 other than the channel axis and the batch axis 0. The weight's shape does
+    not depend on the layout, so neither does the state_dict.
+
+    Example:
+        >>> b = VectorBranch(8, 4, channel_axis=-1, vector_axis=None)   # nn.Linear on x.transpose(1, -1)
+        >>> b.product(torch.randn(2, 100, 3, 8)).shape, b.layout
+        (torch.Size([2, 100, 3, 4]), '[B, *, 3, C]')
     """
 
     def __init__(
-        self, channels_in: int, channels_out: int, init_std: float = 1e-4, channel_axis: int = 1, vector_axis: int = 2
+        self,
+        channels_in: int,
+        channels_out: int,
+        init_std: float = 1e-4,
+        channel_axis: int = 1,
+        vector_axis: int | None = 2,
     ) -> None:
         super().__init__(
             3 * channels_in,
@@ -133,34 +165,54 @@ class VectorBranch(Branch):
         )
         self.channels_in, self.channels_out = channels_in, channels_out
         self.channel_axis, self.vector_axis = channel_axis, vector_axis
-        self._equations: dict[int, str] = {}
+        self._equations: dict[tuple[int, int, int], str] = {}
+        self._found: dict[int, tuple[int, int]] = {}  # ndim -> (channel axis, vector axis) of the latest call
 
-    def _axes(self, ndim: int) -> tuple[int, int]:
-        return self.channel_axis % ndim, self.vector_axis % ndim
+    def assumed(self) -> str:
+        """The layout this branch assumes, in words (for errors)."""
+        return describe_layout(self.channels_in, self.channel_axis, self.vector_axis)
 
-    def _equation(self, ndim: int) -> str:
-        eq = self._equations.get(ndim)
+    def axes(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
+        """``(channel axis, vector axis)``, non-negative, for a feature of ``shape`` (see :func:`vector_axes`); where
+        several axes could hold the 3-vector, the one found at an earlier call of the same rank is kept."""
+        ca, va = vector_axes(shape, self.channels_in, self.channel_axis, self.vector_axis, self._found.get(len(shape)))
+        self._found[len(shape)] = (ca, va)
+        return ca, va
+
+    def check_feature(self, x: torch.Tensor) -> None:
+        self.axes(x.shape)
+
+    @property
+    def layout(self) -> str:
+        if not self._found:
+            if self.vector_axis is None:
+                return f"C on axis {self.channel_axis}, 3 found per call"
+            return f"C on axis {self.channel_axis}, 3 on axis {self.vector_axis}"
+        return " or ".join(_pattern(n, ca, va) for n, (ca, va) in sorted(self._found.items()))
+
+    def _equation(self, ndim: int, ca: int, va: int) -> str:
+        eq = self._equations.get((ndim, ca, va))
         if eq is None:
-            ca, va = self._axes(ndim)
             letters = [chr(ord("a") + k) for k in range(ndim)]  # a, b, c, ... never 'y'/'z'
             out = list(letters)
             out[ca], out[va] = "y", "z"
             eq = f"y z {letters[ca]} {letters[va]}, {''.join(letters)} -> {''.join(out)}".replace(" ", "")
-            self._equations[ndim] = eq
+            self._equations[(ndim, ca, va)] = eq
         return eq
 
     def product(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.weight if weight is None else weight
-        if self._axes(x.dim()) == (1, 2) and x.is_contiguous():
+        ca, va = self.axes(x.shape)
+        if (ca, va) == (1, 2) and x.is_contiguous():
             # [B, C, 3, ...] flattens to [B, 3C, points] with index c*3+i: one batched matmul, contiguous output
             b = x.shape[0]
             y = torch.bmm(weight.expand(b, -1, -1), x.reshape(b, self.dim_in, -1))
             return y.view(b, self.channels_out, 3, *x.shape[3:])
         w = weight.view(self.channels_out, 3, self.channels_in, 3)
-        return torch.einsum(self._equation(x.dim()), w, x)
+        return torch.einsum(self._equation(x.dim(), ca, va), w, x)
 
     def rows(self, x: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
-        ca, va = self._axes(x.dim())
+        ca, va = self.axes(x.shape)
         xm = x.movedim((ca, va), (-2, -1))  # a view: [..., C, 3]
         lead = xm.shape[:-2]
         n = math.prod(lead)
@@ -174,3 +226,68 @@ class VectorBranch(Branch):
             f"{self.channels_in}x3 -> {self.channels_out}x3, channel_axis={self.channel_axis}, "
             f"vector_axis={self.vector_axis}"
         )
+
+
+def describe_layout(channels: int, channel_axis: int, vector_axis: int | None) -> str:
+    """A VN layout in words: ``"channels (C=8) on axis 1, the 3-vector on axis 2"``."""
+    vector = (
+        f"the 3-vector on axis {vector_axis}"
+        if vector_axis is not None
+        else "the 3-vector on the one other axis of size 3 (not the batch axis 0)"
+    )
+    return f"channels (C={channels}) on axis {channel_axis}, {vector}"
+
+
+def vector_axes(
+    shape: torch.Size | tuple[int, ...],
+    channels: int,
+    channel_axis: int,
+    vector_axis: int | None,
+    known: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """``(channel axis, vector axis)``, non-negative, of a VN feature of ``shape`` with ``channels`` on
+    ``channel_axis``; a ``vector_axis`` of None is found: the one axis of size 3 other than the channel axis and the
+    batch axis 0 (of a feature of at least 3 axes), or where several are, ``known[1]`` if it is one of them.
+
+    Raises:
+        LayoutError: the shape does not fit (the channel axis does not hold ``channels``, the vector axis is not of
+            size 3), or no axis, or several, could hold the 3-vector (then the layout must be given).
+    """
+    ndim = len(shape)
+
+    def fail(why: str) -> LayoutError:
+        return LayoutError(
+            f"assumed layout {describe_layout(channels, channel_axis, vector_axis)}, got shape {tuple(shape)}: {why}"
+        )
+
+    if not -ndim <= channel_axis < ndim or ndim < 2:
+        raise fail(f"a {ndim}-D feature has no axis {channel_axis} beside a 3-vector axis")
+    ca = channel_axis % ndim
+    if shape[ca] != channels:
+        raise fail(f"axis {channel_axis} has size {shape[ca]}, not the {channels} channels")
+    if vector_axis is not None:
+        if not -ndim <= vector_axis < ndim:
+            raise fail(f"a {ndim}-D feature has no axis {vector_axis}")
+        va = vector_axis % ndim
+        if va == ca or shape[va] != 3:
+            raise fail(f"axis {vector_axis} has size {shape[va]}, not 3")
+        return ca, va
+    first = 1 if ndim >= 3 else 0  # axis 0 is the batch
+    candidates = [a for a in range(first, ndim) if a != ca and shape[a] == 3]
+    if len(candidates) == 1:
+        return ca, candidates[0]
+    if known is not None and known[1] in candidates:
+        return ca, known[1]  # several axes of size 3 now: keep the one found before (at the dry run)
+    if not candidates:
+        raise fail("no axis besides the channel axis has size 3")
+    raise fail(
+        f"axes {candidates} all have size 3, so the 3-vector axis is ambiguous; give the layout "
+        "(vector_axis, or layouts per path)"
+    )
+
+
+def _pattern(ndim: int, ca: int, va: int) -> str:
+    """A layout as a shape pattern: ``[B, *, 3, C]`` for channels on axis 3 and the 3-vector on axis 2."""
+    names = ["B" if a == 0 else "*" for a in range(ndim)]
+    names[ca], names[va] = "C", "3"
+    return f"[{', '.join(names)}]"

@@ -32,7 +32,9 @@ from torch import fx, nn
 from ..errors import RelaxError
 from ..ops.base import OpAdapter
 from ..ops.registry import find_adapter
-from .branches import Branch
+from .branches import Branch, LayoutError
+from .calls import inference
+from .presets import expand_presets, site_roles
 
 __all__ = ["Site", "RelaxedModel", "relax", "find_sites"]
 
@@ -65,21 +67,47 @@ class Site:
         branch = self.branch
         if not branch.active:
             return output
-        return self.adapter.add(output, branch(self._capture(args, kwargs)))
+        x = self._capture(args, kwargs)
+        try:
+            return self.adapter.add(output, branch(x))
+        except RuntimeError as e:  # a shape torch refuses: say which site, what layout, what shape
+            raise self.error(x, e) from e
 
     def call(self, run_op: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The op (``run_op``) on ``args``/``kwargs`` with the branch added: fused into one product where the
         adapter can; with the branch off (the projected model) exactly ``run_op``."""
         if self.fused and self.branch.active:
             self.calls += 1
-            self._capture(args, kwargs)
-            return self.adapter.fused(self.op, self.branch, args, kwargs)
+            x = self._capture(args, kwargs)
+            try:
+                return self.adapter.fused(self.op, self.branch, args, kwargs)
+            except RuntimeError as e:
+                raise self.error(x, e) from e
         return self(run_op(*args, **kwargs), args, kwargs)
 
+    def error(self, x: torch.Tensor, cause: Exception) -> RelaxError:
+        """``cause`` (raised attaching, running or regularising the branch on feature ``x``) as one paragraph
+        naming the site, its op, the layout the branch assumed and the shape it got."""
+        branch = self.branch
+        assumed = getattr(branch, "assumed", None)
+        layout = assumed() if callable(assumed) else f"{branch.dim_in}-dim feature on the last axis"
+        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        if isinstance(cause, LayoutError):  # it already says the layout and the shape
+            return RelaxError(f"site {self.path} ({self.adapter.name}): {detail}")
+        return RelaxError(
+            f"site {self.path} ({self.adapter.name}): the branch failed on a feature of shape {tuple(x.shape)} "
+            f"(assumed layout: {layout}): {detail}"
+        )
+
     def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        """The branch's input; kept (detached) for the data regularisers while training or inspecting."""
+        """The branch's input, checked against the branch's layout; kept (detached) for the data regularisers
+        while training or inspecting."""
         x = self.adapter.feature(args, kwargs)
         branch = self.branch
+        try:
+            branch.check_feature(x)
+        except LayoutError as e:
+            raise self.error(x, e) from None
         if (branch.training and torch.is_grad_enabled()) or branch.force_capture:
             branch.captured.append(x.detach())
         return x
@@ -97,12 +125,25 @@ class _SiteCall(nn.Module):
         return self.site.call(self.op, args, kwargs)
 
 
+def _has_hooks(m: nn.Module) -> bool:
+    """Whether ``m`` carries hooks of its own that run only when it is called (forward, pre-forward, backward)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
 class _LeafTracer(fx.Tracer):
-    """Keeps the sites, every ``e3nn`` module that holds no site, and torch's own modules as leaves."""
+    """Keeps the sites, every ``e3nn`` module that holds no site, torch's own modules, and every module that carries
+    hooks as leaves.
+
+    A module traced through is inlined: its own forward hooks and pre-hooks (a user's feature logger, say) would
+    never run. So a module with hooks at trace time stays whole in the graph and its hooks fire as before; sites
+    inside it are attached with forward hooks instead (``RelaxedModel.kept_whole`` lists such modules). Hooks
+    registered after :func:`relax` on a module that was traced through are not run by the relaxed model.
+    """
 
     def __init__(self, site_paths: set[str]) -> None:
         super().__init__()
         self.site_paths = site_paths
+        self.kept_whole: list[str] = []  # modules kept as leaves because they carry hooks
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.site_paths:
@@ -110,7 +151,13 @@ class _LeafTracer(fx.Tracer):
         holds_site = any(p.startswith(qualname + ".") for p in self.site_paths) if qualname else True
         if type(m).__module__.startswith("e3nn") and not holds_site:
             return True
-        return super().is_leaf_module(m, qualname)
+        if super().is_leaf_module(m, qualname):
+            return True
+        if qualname and _has_hooks(m):  # traced through, its hooks would not run
+            if qualname not in self.kept_whole:
+                self.kept_whole.append(qualname)
+            return True
+        return False
 
 
 def _branch_key(path: str) -> str:
@@ -126,6 +173,10 @@ class RelaxedModel(nn.Module):
         sites: the :class:`Site` list, in module order.
         mode: ``"fx"`` or ``"hooks"``; ``fallback_reason`` says why fx was not used. In hooks mode a fused site
             replaces its op's ``forward`` on the instance (until :meth:`strip`) instead of adding a forward hook.
+        kept_whole: in fx mode, the modules that carry hooks of the user's and so stay whole in the graph (their
+            hooks keep firing); sites inside them are attached as in hooks mode (``hooked_sites``).
+        skipped: ``(path, reason)`` of the ops found but left without a branch (see :func:`relax`'s
+            ``scalar_sites``).
     """
 
     _gm: fx.GraphModule | None  # set through __dict__: not a registered child
@@ -137,18 +188,24 @@ class RelaxedModel(nn.Module):
         mode: Literal["fx", "hooks"],
         graph: fx.Graph | None = None,
         fallback_reason: str | None = None,
+        kept_whole: Sequence[str] = (),
+        skipped: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__()
         self.module = module
+        self.skipped = list(skipped)
         self.branches = nn.ModuleDict({_branch_key(s.path): s.branch for s in sites})
         self.sites = sites
         self.mode = mode
         self.fallback_reason = fallback_reason
+        self.kept_whole = list(kept_whole)
         self._graph = graph
         self._undo: list[Callable[[], Any]] = []  # detach the hooks / forward overrides of hooks mode
         self._stripped = False
-        if mode == "hooks":
-            for site in sites:
+        in_graph = {n.meta.get("relax_site") for n in graph.nodes} if graph is not None else set()
+        self.hooked_sites = [s.path for s in sites if mode == "fx" and s.path not in in_graph]
+        for site in sites:
+            if mode == "hooks" or site.path in self.hooked_sites:  # fx: a site inside a module kept whole
                 self._undo.append(_attach(site))
         self._build()
 
@@ -217,11 +274,15 @@ class RelaxedModel(nn.Module):
                 b.force_capture = False
 
     def dry_run(self, *args: Any, **kwargs: Any) -> dict[str, int]:
-        """Run one forward pass without gradients and return how often each site fired (path -> count)."""
-        for s in self.sites:
-            s.calls = 0
-        with torch.no_grad():
-            self(*args, **kwargs)
+        """Run one forward pass without gradients (with them for a model whose ``forward`` takes gradients, such as
+        forces by autograd) and return how often each site fired (path -> count)."""
+
+        def count() -> Any:  # counted afresh on each try (inference retries with gradients)
+            for s in self.sites:
+                s.calls = 0
+            return self(*args, **kwargs)
+
+        inference(count)
         return {s.path: s.calls for s in self.sites}
 
     def strip(self) -> nn.Module:
@@ -259,6 +320,21 @@ def _attach(site: Site) -> Callable[[], Any]:
     return op.register_forward_hook(hook, with_kwargs=True).remove
 
 
+#: Why an op that maps invariants to invariants gets no branch (see :func:`relax`'s ``scalar_sites``).
+INVARIANT_SITE = "maps invariants to invariants (e.g. 0e -> 0e): a branch cannot break equivariance there"
+
+
+def _invariant(branch: Branch) -> bool:
+    """Whether the group acts trivially on both sides of a branch: every generator 0, every element the
+    identity."""
+    for side in ("in", "out"):
+        gens, elems = getattr(branch, f"generators_{side}"), getattr(branch, f"elements_{side}")
+        eye = torch.eye(elems.shape[-1], dtype=elems.dtype, device=elems.device)
+        if bool(gens.abs().gt(0).any()) or not bool(torch.equal(elems, eye.expand_as(elems))):
+            return False
+    return True
+
+
 def find_sites(
     model: nn.Module,
     include: Sequence[str] = ("*",),
@@ -281,15 +357,17 @@ def find_sites(
     return found
 
 
-def _trace(model: nn.Module, sites: list[Site]) -> fx.Graph:
+def _trace(model: nn.Module, sites: list[Site]) -> tuple[fx.Graph, list[str]]:
+    """The model's graph with each site's call marked, and the modules kept whole because they carry hooks."""
     by_path = {s.path: s for s in sites}
-    graph = _LeafTracer(set(by_path)).trace(model)
+    tracer = _LeafTracer(set(by_path))
+    graph = tracer.trace(model)
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target in by_path:
             node.meta["relax_site"] = node.target
             node.target = "relax_sites." + _branch_key(node.target).replace("/", "__")
     graph.lint()
-    return graph
+    return graph, tracer.kept_whole
 
 
 def relax(
@@ -301,13 +379,15 @@ def relax(
     init_std: float = 1e-4,
     adapters: list[OpAdapter] | None = None,
     fuse: bool = True,
+    scalar_sites: bool = False,
 ) -> RelaxedModel:
     """Insert a branch ``θ · B(x)`` beside every known equivariant linear op of ``model``.
 
     Args:
         model: the user's equivariant model; it is shared, not copied.
         mode: ``"fx"`` (trace; fail if impossible), ``"hooks"`` (forward hooks), or ``"auto"`` (fx, else hooks).
-        include, exclude: ``fnmatch`` globs on module paths selecting the sites.
+        include, exclude: ``fnmatch`` globs on module paths selecting the sites; ``include`` may also name presets
+            (``"@node_update"``, ``"@messages"``, ``"@nodes"``: :mod:`relaxcli.core.presets`).
         init_std: the branch weights start as ``N(0, init_std²)``; 0 starts exactly at the equivariant model.
         adapters: the op adapters to use (default: the registry, see :func:`relaxcli.register_op`). A model may
             bring adapters for its own ops as a callable attribute ``relax_adapters`` (a module from
@@ -315,6 +395,9 @@ def relax(
             branches are attached with hooks.
         fuse: run an op and its branch as one product with the matrix ``op + θ W`` where the adapter can (VN
             linears, escnn convolutions): the same map at lower cost. False keeps them separate.
+        scalar_sites: also relax ops that map invariants to invariants (``0e -> 0e``: the group acts trivially on
+            both sides). A branch there cannot break equivariance, it only adds parameters, so by default such
+            sites get none; they are listed in ``RelaxedModel.skipped`` with the reason.
 
     Returns:
         a :class:`RelaxedModel`; θ starts at 0.
@@ -328,6 +411,9 @@ def relax(
     own = getattr(model, "relax_adapters", None)  # adapters the model brings for its own ops (a .pt2 program)
     if own is not None:
         adapters, mode = list(own()) + (adapters or []), "hooks"
+    include = expand_presets(  # "@node_update" -> the paths it selects
+        model, include, lambda: site_roles(model, find_sites(model, adapters=adapters), _LeafTracer)
+    )
     found = find_sites(model, include, exclude, adapters)
     if not found:
         raise RelaxError(
@@ -336,18 +422,38 @@ def relax(
             "Vector-Neuron linears, and ops registered with relaxcli.register_op"
         )
     sites = [
-        Site(path, module, adapter, adapter.make_branch(module, init_std), fused=fuse and adapter.can_fuse(module))
+        Site(
+            path,
+            module,
+            adapter,
+            _site_branch(path, module, adapter, init_std),
+            fused=fuse and adapter.can_fuse(module),
+        )
         for path, module, adapter in found
     ]
+    skipped = [] if scalar_sites else [(s.path, INVARIANT_SITE) for s in sites if _invariant(s.branch)]
+    if skipped and len(skipped) == len(sites):
+        paths = ", ".join(path for path, _ in skipped)
+        raise RelaxError(
+            f"every op found in {type(model).__name__} maps invariants to invariants ({paths}), so a branch could "
+            "never break its equivariance and there is nothing to relax; set relax.scalar_sites: true "
+            "(scalar_sites=True) to relax them anyway"
+        )
+    sites = [s for s in sites if s.path not in dict(skipped)]
     ref = next(iter(model.parameters()), None)
     if ref is not None:
         for s in sites:
             s.branch.to(device=ref.device, dtype=ref.dtype)
     if mode == "hooks":
         reason = "the model brings its own op adapters" if own is not None else "hooks requested"
-        return RelaxedModel(model, sites, "hooks", fallback_reason=reason)
+        return RelaxedModel(model, sites, "hooks", fallback_reason=reason, skipped=skipped)
+    if _has_hooks(model):  # a graph module runs the model's forward without calling the model: its hooks would not run
+        reason = f"{type(model).__name__} carries hooks on itself, which a traced graph would not run"
+        if mode == "fx":
+            raise RelaxError(f"{reason}. Use mode 'hooks' (or 'auto'), or remove the hooks before relaxing.")
+        return RelaxedModel(model, sites, "hooks", fallback_reason=reason, skipped=skipped)
     try:
-        graph = _trace(model, sites)
+        graph, kept_whole = _trace(model, sites)
     except Exception as e:  # fx raises many kinds of errors for untraceable code
         if mode == "fx":
             raise RelaxError(
@@ -355,5 +461,16 @@ def relax(
             ) from None
         first_line = (str(e).splitlines() or ["no message"])[0]  # e.g. escnn's bare asserts on GeometricTensor
         reason = f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {first_line})"
-        return RelaxedModel(model, sites, "hooks", fallback_reason=reason)
-    return RelaxedModel(model, sites, "fx", graph=graph)
+        return RelaxedModel(model, sites, "hooks", fallback_reason=reason, skipped=skipped)
+    return RelaxedModel(model, sites, "fx", graph=graph, kept_whole=kept_whole, skipped=skipped)
+
+
+def _site_branch(path: str, module: nn.Module, adapter: OpAdapter, init_std: float) -> Branch:
+    """The adapter's branch for the op at ``path``; a failure names the site and the op."""
+    try:
+        return adapter.site_branch(path, module, init_std)
+    except (TypeError, ValueError, AttributeError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RelaxError(
+            f"site {path} ({adapter.name}, a {type(module).__name__}): cannot attach a branch: {detail}"
+        ) from None

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,11 +29,13 @@ def verify_equivariant(
     tolerance: float = 1e-6,
     *,
     samples: int | None = None,
+    call: Callable[..., Any] | None = None,
     **kwargs: Any,
 ) -> EquivarianceReport:
     """Measure the relative equivariance error of ``model`` (in eval mode) and raise
     :class:`~relaxcli.EquivarianceError` if it exceeds ``tolerance``, is not finite, the model has non-finite weights,
-    or no group element was tried.
+    or no group element was tried. ``call`` is the function checked, ``model(*inputs)`` by default (one that adds
+    keyword arguments, or passes a dict as keyword arguments).
 
     Raises:
         ValueError: ``tolerance`` is not a positive finite number, or see :func:`equivariance_error`.
@@ -50,7 +52,7 @@ def verify_equivariant(
     was_training = model.training
     model.eval()
     try:
-        report = equivariance_error(model, inputs, irreps_in, irreps_out, **kwargs)
+        report = equivariance_error(call or model, inputs, irreps_in, irreps_out, **kwargs)
     finally:
         model.train(was_training)
     report.samples = samples

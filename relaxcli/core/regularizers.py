@@ -7,9 +7,12 @@ For a branch ``W`` with detached input rows ``x`` (captured at its site during t
 - discrete term    ``D_g = mean_rows ‖(W ρ_in(g) − ρ_out(g) W) x‖``          for each discrete generator ``g``
 
 ``loss = task_loss + weight · Σ_sites (N + Σ_k L_k + Σ_g D_g)``. Because the inputs are detached, the gradient reaches
-the branches only. All terms of one site come from a single matmul of the rows with the stacked matrices
-``[W; W G_in − G_out W; W E_in − E_out W]``. With ``source="weight"`` the data-free variant uses Frobenius norms of
-the same matrices (same minimiser, independent of the batch).
+the branches only. No product with a dense generator matrix is formed: each representation map is applied entry by
+entry from its few non-zero entries per row (:class:`_Structure`), and all terms of all sites that share their
+representations come from one batched product, of the rows with the stacked ``[W; W A_k − A'_k W]`` or of ``W`` with
+the stacked rows ``[x; A_k x]``, whichever moves less. With ``source="weight"`` the data-free variant uses Frobenius
+norms of the same matrices (same minimiser, independent of the batch). ``every=k`` evaluates on every k-th call with
+weight ``k · weight``.
 
 Example:
     >>> reg = Regularizer(weight=0.01)
@@ -18,8 +21,8 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,30 +51,170 @@ def constraint_matrices(
     return lie, disc
 
 
-class _Commutator:
-    """``W -> [W A_in - A_out W for A in generators + elements]`` for a stack of weights ``[g, o, i]``.
+#: Entries of a representation matrix below this fraction of its largest are round-off (escnn's cos(π/2) = 6e-17).
+_ROUNDOFF = 1e-12
+#: Rows of a map with at most this many entries are applied as a gather; denser ones as a matrix product.
+_MAX_GATHER = 8
 
-    The representation matrices are stacked once into ``right = [A_1 | ... | A_m]`` (``[i, m i]``) and
-    ``left = [A_1; ...; A_m]`` (``[m o, o]``), held as sparse CSR when mostly zeros: e3nn generators have at most
-    ``2l`` entries per row and VN generators two, so the products cost a few multiply-adds per weight instead of
-    the ``o·i·(o+i)`` of a dense ``W @ A``. Dense matrices (e.g. a user's explicit representation) stay dense.
+
+class _Ops:
+    """``m`` linear maps ``A_k`` on ``d``-vectors, applied through their sparsity instead of as dense matrices:
+    ``(A_k v)[a] = Σ_t coef[k, a, t] · v[src[k, a, t]]``, each row's entries padded with zeros to ``t``.
+
+    Representation matrices are block-diagonal (irreps: at most two entries per row of an so(3) generator, one for
+    parity), Kronecker (``I_C ⊗ A`` for Vector Neurons: one per row) or a fibre permutation times a grid permutation
+    (one per row), so applying them is a gather of ``m·d·t`` rows. Maps with denser rows (a user's explicit
+    matrices) are applied as one matrix product.
+    """
+
+    def __init__(self, mats: Sequence[torch.Tensor], like: torch.Tensor) -> None:
+        m, d = len(mats), like.shape[-1]
+        self.m, self.d = m, d
+        entries = [_entries(a) for a in mats]  # one map at a time: no [m, d, d] temporaries (d is 5000 in e3nn nets)
+        self.t = max((int(rows.bincount(minlength=d).max()) for rows, _, _ in entries if rows.numel()), default=0)
+        self.sparse = self.t <= _MAX_GATHER
+        if self.sparse:  # each row's non-zero columns and values, padded with zeros to t
+            self.src = torch.zeros(m, d, self.t, dtype=torch.long, device=like.device)
+            self.coef = like.new_zeros(m, d, self.t)
+            for k, (rows, cols, values) in enumerate(entries):
+                first = torch.cumsum(rows.bincount(minlength=d), 0) - rows.bincount(minlength=d)
+                slot = torch.arange(rows.numel(), device=like.device) - first[rows]  # entries come row by row
+                self.src[k, rows, slot], self.coef[k, rows, slot] = cols, values
+        else:
+            self.dense = torch.stack(list(mats))
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``[g, d, n] -> [g, m, d, n]``: every map on every column of ``v``. Columns, so that each gathered row is
+        a contiguous run of ``n`` numbers (one fast ``index_select``)."""
+        g, _, n = v.shape
+        if not self.sparse:
+            return torch.matmul(self.dense.reshape(1, self.m * self.d, self.d), v).view(g, self.m, self.d, n)
+        if self.t == 0:
+            return v.new_zeros(g, self.m, self.d, n)
+        out = None
+        for t in range(self.t):  # one entry of every row at a time: no [.., t, ..] intermediate
+            part = v.index_select(1, self.src[..., t].flatten()).view(g, self.m, self.d, n)
+            coef = self.coef[..., t, None]
+            out = part * coef if out is None else out.addcmul_(part, coef)
+        assert out is not None
+        return out
+
+
+def _entries(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, columns and values of the entries of ``mat`` above round-off, in row-major order."""
+    magnitude = mat.abs()
+    keep = magnitude > _ROUNDOFF * magnitude.max() if mat.numel() else magnitude.bool()
+    rows, cols = keep.nonzero(as_tuple=True)
+    return rows, cols, mat[rows, cols]
+
+
+class _Structure:
+    """The constraint maps of a branch's representations, in the form the regulariser applies them.
+
+    For each of the ``m`` maps (the Lie generators ``A_k``, then the discrete elements ``E_g``) the commutator
+    ``C = W A_in − A_out W`` is gathered entry by entry from ``W`` through the few non-zero entries of each row of
+    ``A`` (:class:`_Ops`): ``o·i·t`` numbers, never a dense product with a generator. An element is used as
+    ``E − I`` where that is sparser (parity: only the odd rows; ``W E − E' W = W (E − I) − (E' − I) W``), else as
+    itself (permutations). The data term is then one batched product for all sites of a group: of the rows with
+    ``[W | C_1 | ... | C_m]`` (:meth:`stacked`), or, where the weight is larger than the rows, of ``W`` with the
+    rows ``[x | A_1 x | ... | A_m x]`` mapped entry by entry, minus ``A'_k (W x)`` (:meth:`on_rows`); then a norm
+    per row.
     """
 
     def __init__(self, branch: Branch) -> None:
-        a_in = torch.cat([branch.generators_in, branch.elements_in])  # [m, i, i]
-        a_out = torch.cat([branch.generators_out, branch.elements_out])  # [m, o, o]
-        self.m, i = a_in.shape[0], a_in.shape[1]
+        ops_in, ops_out = [*branch.generators_in], [*branch.generators_out]
+        for e_in, e_out in zip(branch.elements_in, branch.elements_out):
+            d_in, d_out = _minus_identity(e_in), _minus_identity(e_out)
+            sparser = _count(d_in) + _count(d_out) < _count(e_in) + _count(e_out)
+            ops_in.append(d_in if sparser else e_in)
+            ops_out.append(d_out if sparser else e_out)
+        self.m = len(ops_in)
         self.key = _rep_key(branch)
-        self.right = _maybe_sparse(a_in.permute(1, 0, 2).reshape(i, self.m * i))
-        self.left = _maybe_sparse(a_out.reshape(-1, a_out.shape[-1]))
+        i, o = branch.dim_in, branch.dim_out
+        like = branch.weight
+        self.cols_in = _Ops([a.T for a in ops_in], like.new_zeros(i))  # A_kᵀ, on the rows of W
+        self.rows_out = _Ops(ops_out, like.new_zeros(o))  # A'_k
+        self.rows_in = _Ops(ops_in, like.new_zeros(i))  # A_k, on input rows (weights larger than the rows)
 
-    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+    def commutators(self, w: torch.Tensor) -> torch.Tensor:
+        """``[g, i, m, o]``: ``(W A_k − A'_k W)ᵀ`` for weights ``[g, o, i]``."""
+        w_a = self.cols_in(w.transpose(1, 2).contiguous())  # [g, m, i, o]: (W A_k)ᵀ, rows of Wᵀ mapped by A_kᵀ
+        a_w = self.rows_out(w)  # [g, m, o, i]: A'_k W
+        return (w_a - a_w.transpose(2, 3)).transpose(1, 2)
+
+    def data(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``[g, 1 + m]`` per-row norms averaged over the rows, ``‖W x‖`` and ``‖(W A_k − A'_k W) x‖``, for weights
+        ``[g, o, i]`` and rows ``[g, R, i]``. Where the weight is larger than the rows (``R (i + o) < i o``) the maps
+        act on the rows, ``W (A_k x) − A'_k (W x)``, else on the weight (:meth:`stacked`): the same numbers, with
+        the smaller tensors moved around."""
+        o, i = w.shape[1:]
+        if self.m and x.shape[1] * (i + o) < i * o:
+            return self.on_rows(w, x)
+        return self.stacked(w, x)
+
+    def on_rows(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`data` as ``W [x | A_1 x | ... | A_m x]`` (one product, ``W`` as it is) minus ``A'_k (W x)``."""
         g, o, i = w.shape
-        if self.m == 0:
-            return w.new_zeros(g, 0, o, i)
-        w_a = (w.reshape(g * o, i) @ self.right).view(g, o, self.m, i).transpose(1, 2)
-        a_w = (self.left @ w.transpose(0, 1).reshape(o, g * i)).view(self.m, o, g, i).permute(2, 0, 1, 3)
-        return w_a - a_w
+        r = x.shape[1]
+        with torch.no_grad():  # the rows carry no gradient: [x | A_1 x | ... | A_m x] as [g, i, 1 + m, R]
+            xt = x.transpose(1, 2).contiguous()  # [g, i, R]: rows as columns
+            x_all = torch.empty(g, i, 1 + self.m, r, dtype=x.dtype, device=x.device)
+            x_all[:, :, 0] = xt
+            x_all[:, :, 1:] = self.rows_in(xt).transpose(1, 2)
+        y_all = torch.bmm(w, x_all.view(g, i, (1 + self.m) * r)).view(g, o, 1 + self.m, r)
+        y = y_all[:, :, 0].contiguous()  # [g, o, R] = W x
+        diff = y_all[:, :, 1:] - self.rows_out(y).transpose(1, 2)  # [g, o, m, R]
+        return torch.cat([_col_norm(y.unsqueeze(1), 2), _col_norm(diff, 1)], dim=1).mean(dim=2)
+
+    def stacked(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`data` as one batched product of the rows with the stacked ``[W | C_1 | ... | C_m]ᵀ``."""
+        g, o, i = w.shape
+        parts = [w.transpose(1, 2).unsqueeze(2)]
+        if self.m:
+            parts.append(self.commutators(w))
+        stacked = torch.cat(parts, dim=2).view(g, i, (1 + self.m) * o)
+        y = torch.bmm(x, stacked).view(g, x.shape[1], 1 + self.m, o)
+        return _RowNorm.apply(y).mean(dim=1)
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``[g, 1 + m]`` Frobenius norms ``‖W‖`` and ``‖W A_k − A'_k W‖`` (data-free), for weights ``[g, o, i]``."""
+        norms = [w.flatten(1).norm(dim=1, keepdim=True)]
+        if self.m:
+            norms.append(self.commutators(w).transpose(1, 2).flatten(2).norm(dim=2))
+        return torch.cat(norms, dim=1)
+
+
+class _RowNorm(torch.autograd.Function):
+    """``‖v‖`` over the last axis, with the one-pass backward ``v · g / ‖v‖`` (0 where the norm is 0)."""
+
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor) -> torch.Tensor:
+        n = torch.linalg.vector_norm(v, dim=-1)
+        ctx.save_for_backward(v, n)
+        return n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        v, n = ctx.saved_tensors
+        scale = torch.where(n > 0, grad / torch.where(n > 0, n, 1.0), 0.0)
+        return v * scale.unsqueeze(-1)
+
+
+def _count(mat: torch.Tensor) -> int:
+    return int(_entries(mat)[0].numel())
+
+
+def _col_norm(v: torch.Tensor, dim: int) -> torch.Tensor:
+    """The norm over the middle axis ``dim`` as the root of a sum of squares (several times faster than
+    ``vector_norm`` over a middle axis, forward and backward), with a zero gradient where the norm is 0."""
+    sq = (v * v).sum(dim=dim)
+    nonzero = sq > 0
+    return torch.where(nonzero, sq.where(nonzero, 1.0).sqrt(), 0.0)
+
+
+def _minus_identity(element: torch.Tensor) -> torch.Tensor:
+    return element - torch.eye(element.shape[-1], dtype=element.dtype, device=element.device)
 
 
 def _rep_key(branch: Branch) -> tuple[Any, ...]:
@@ -82,35 +225,34 @@ def _rep_key(branch: Branch) -> tuple[Any, ...]:
     )
 
 
-def _maybe_sparse(a: torch.Tensor) -> torch.Tensor:
-    if a.numel() == 0 or (a != 0).sum() > 0.1 * a.numel():
-        return a
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return a.to_sparse_csr()
+def dense_norms(branch: Branch, rows: torch.Tensor | None, source: str = "data") -> torch.Tensor:
+    """The dense formula, for tests: ``[1 + K + G]`` norms from the full matrices ``W A_in − A_out W``."""
+    w = branch.weight[None]
+    lie, disc = constraint_matrices(
+        w, branch.generators_in, branch.generators_out, branch.elements_in, branch.elements_out
+    )
+    stacked = torch.cat([w[:, None], lie, disc], dim=1)[0]  # [n, o, i]
+    if source == "weight":
+        return stacked.flatten(1).norm(dim=1)
+    assert rows is not None
+    return torch.einsum("noi,ri->rno", stacked, rows).norm(dim=-1).mean(dim=0)
 
 
 def _norms(
-    branches: list[Branch], rows: list[torch.Tensor] | None, source: str, commutator: _Commutator | None = None
+    branches: list[Branch], rows: list[torch.Tensor] | None, source: str, structure: _Structure | None = None
 ) -> torch.Tensor:
     """``[g, 1 + K + G]`` norms (projection, each generator, each element) for branches that share shape and
-    representations, computed batched over the group: one stacked matrix product instead of one per site."""
-    w = torch.stack([b.weight for b in branches])  # [g, o, i]
-    commutator = commutator or _Commutator(branches[0])
-    stacked = torch.cat([w.unsqueeze(1), commutator(w)], dim=1)  # [g, n, o, i]
-    g, n, o, i = stacked.shape
-    if source == "weight":
-        return stacked.flatten(2).norm(dim=2)
-    if source != "data":
+    representations, computed batched over the group: one stacked product instead of one per site."""
+    if source not in ("data", "weight"):
         raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
+    w = torch.stack([b.weight for b in branches])  # [g, o, i]
+    structure = structure or _Structure(branches[0])
+    if source == "weight":
+        return structure.weight(w)
     assert rows is not None
     if len({r.shape[0] for r in rows}) == 1:  # the common case: one batched product for the group
-        x = torch.stack(rows)  # [g, R, i]
-        y = x @ stacked.view(g, n * o, i).transpose(1, 2)  # [g, R, n * o]
-        return y.view(g, x.shape[1], n, o).norm(dim=-1).mean(dim=1)
-    return torch.stack(
-        [(r @ m.view(n * o, i).T).view(r.shape[0], n, o).norm(dim=-1).mean(dim=0) for r, m in zip(rows, stacked)]
-    )
+        return structure.data(w, torch.stack(rows))
+    return torch.cat([structure.data(w[i : i + 1], r[None]) for i, r in enumerate(rows)])
 
 
 @dataclass
@@ -158,6 +300,7 @@ class Regularization:
 
     total: torch.Tensor
     groups: list[tuple[list[Any], torch.Tensor]] = field(default_factory=list)
+    evaluated: bool = True  # False on the steps an amortised regulariser (every > 1) skips: total is 0
 
     @property
     def sites(self) -> dict[str, SiteTerms]:
@@ -184,6 +327,8 @@ class Regularizer:
         projection, lie, discrete: which terms to include.
         source: ``"data"`` (norms of the mapped inputs, per row, averaged) or ``"weight"`` (Frobenius, data-free).
         rows: at most this many input rows per site are used (a uniform random subset); None uses all.
+        every: evaluate on every ``every``-th call only (the first, then every k-th), with weight ``every · weight``
+            so that the expected penalty is unchanged; the calls in between cost nothing and return a total of 0.
     """
 
     def __init__(
@@ -194,16 +339,26 @@ class Regularizer:
         discrete: bool = True,
         source: Literal["data", "weight"] = "data",
         rows: int | None = 256,
+        every: int = 1,
     ) -> None:
         if source not in ("data", "weight"):
             raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
-        self.weight, self.source, self.rows = weight, source, rows
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer (evaluate on every k-th step), got {every!r}")
+        self.weight, self.source, self.rows, self.every = weight, source, rows, every
+        self.calls = 0  # calls so far: with every > 1, the calls with calls % every == 0 are evaluated
         self.use = {"projection": projection, "lie": lie, "discrete": discrete}
         self._groups_of: weakref.WeakKeyDictionary[RelaxedModel, list[list[Any]]] = weakref.WeakKeyDictionary()
-        self._commutators: weakref.WeakKeyDictionary[Branch, _Commutator] = weakref.WeakKeyDictionary()
+        self._structures: weakref.WeakKeyDictionary[Branch, _Structure] = weakref.WeakKeyDictionary()
 
     def __call__(self, relaxed: RelaxedModel) -> Regularization:
         """Evaluate on ``relaxed`` (a :class:`relaxcli.RelaxedModel`) and release the captured inputs."""
+        skip = self.calls % self.every != 0
+        self.calls += 1
+        if skip:
+            for site in relaxed.sites:
+                site.branch.captured.clear()
+            return Regularization(torch.zeros(()), [], evaluated=False)
         results: list[tuple[list[Any], torch.Tensor]] = []
         parts: list[torch.Tensor] = []
         for group in self._groups(relaxed):
@@ -216,16 +371,16 @@ class Regularizer:
             if not group:
                 continue
             first = group[0].branch
-            commutator = self._commutators.get(first)
-            if commutator is None or commutator.key != _rep_key(first):
-                commutator = self._commutators[first] = _Commutator(first)
-            norms = _norms([s.branch for s in group], rows, self.source, commutator)
+            structure = self._structures.get(first)
+            if structure is None or structure.key != _rep_key(first):
+                structure = self._structures[first] = _Structure(first)
+            norms = _norms([s.branch for s in group], rows, self.source, structure)
             results.append((group, norms))
             k = group[0].branch.generators_in.shape[0]
             columns = [(0, 1, "projection"), (1, 1 + k, "lie"), (1 + k, norms.shape[1], "discrete")]
             parts += [norms[:, a:b].sum() for a, b, name in columns if self.use[name] and b > a]
         total = torch.stack(parts).sum() if parts else torch.zeros(())
-        return Regularization(self.weight * total, results)
+        return Regularization(self.weight * self.every * total, results)
 
     def _groups(self, relaxed: RelaxedModel) -> list[list[Any]]:
         """Sites whose branches share shape and representations (computed once per relaxed model)."""

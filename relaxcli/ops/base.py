@@ -5,6 +5,7 @@ An adapter answers four questions about a module:
 
 - ``matches(module)``: is this an op I know?
 - ``make_branch(module, init_std)``: the unconstrained branch (with the input and output representations);
+  ``site_branch(path, module, init_std)`` where it depends on the call site (a VN op's layout per path);
 - ``feature(args, kwargs)``: which call argument is the feature the branch acts on;
 - ``add(output, branch_output)``: how the branch output joins the op's output.
 
@@ -33,7 +34,7 @@ from torch import nn
 from ..core.branches import Branch, DenseBranch
 from ..core.reps import Rep
 
-__all__ = ["OpAdapter", "ClassAdapter", "ExplicitAdapter"]
+__all__ = ["OpAdapter", "ClassAdapter", "ExplicitAdapter", "read_attribute"]
 
 
 class OpAdapter:
@@ -52,6 +53,11 @@ class OpAdapter:
 
     def make_branch(self, module: nn.Module, init_std: float) -> Branch:
         raise NotImplementedError
+
+    def site_branch(self, path: str, module: nn.Module, init_std: float) -> Branch:
+        """The branch for the op at ``path`` (its qualified name in the model); by default :meth:`make_branch`.
+        Adapters whose options differ per call site (a VN op's feature layout) override it."""
+        return self.make_branch(module, init_std)
 
     def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         """The input the branch acts on; by default the first positional argument."""
@@ -89,19 +95,59 @@ class OpAdapter:
 class ClassAdapter(OpAdapter):
     """Matches instances of a class given as the class itself or by an import path.
 
-    A path matches the class's defining path (``e3nn.o3._linear.Linear``) and any path under which the class is
-    re-exported (``e3nn.o3.Linear``), for the class itself and its subclasses; nothing is imported to decide.
+    A path is resolved to the class object, so any public alias names it: ``torch.nn.Linear`` and
+    ``torch.nn.modules.linear.Linear`` match the same modules, as do ``e3nn.o3.Linear`` and
+    ``e3nn.o3._linear.Linear``. Instances of subclasses match too unless ``subclasses=False``.
+    :func:`~relaxcli.register_op` and a recipe's ``relax.ops`` import the path (:meth:`resolve`); an adapter that
+    is never resolved (the built-in escnn ones) looks the path up among the modules already imported, so matching
+    imports nothing.
+
+    Example:
+        >>> ClassAdapter("torch.nn.Linear").matches(torch.nn.Linear(2, 3))
+        True
+        >>> ClassAdapter("torch.nn.Linear", subclasses=False).matches(torch.nn.LazyLinear(3))
+        False
     """
 
-    def __init__(self, target: type[nn.Module] | str, feature_arg: int | str = 0) -> None:
+    def __init__(self, target: type[nn.Module] | str, feature_arg: int | str = 0, subclasses: bool = True) -> None:
         self.target = target
         self.feature_arg = feature_arg
+        self.subclasses = subclasses
         self.name = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+        self._cls: type | None = None if isinstance(target, str) else target
+
+    def target_class(self) -> type | None:
+        """The class the target names, or None while its module is not imported (nothing is imported here)."""
+        if self._cls is None and isinstance(self.target, str):
+            found = _lookup(self.target)
+            if isinstance(found, type):
+                self._cls = found
+        return self._cls
+
+    def resolve(self) -> ClassAdapter:
+        """Import the target's path and keep the class object (``register_op`` and ``relax.ops`` do this).
+
+        Raises:
+            ValueError: the path does not import, or names something that is not a ``torch.nn.Module`` class.
+        """
+        if isinstance(self.target, str) and self._cls is None:
+            from ..recipe.components import import_target
+
+            obj, reason = import_target(self.target)
+            if reason is not None:
+                raise ValueError(f"{self.name}: cannot import the layer class {self.target!r}: {reason}")
+            if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+                raise ValueError(f"{self.name}: {self.target!r} is a {type(obj).__name__}, not a torch.nn.Module class")
+            self._cls = obj
+        return self
 
     def matches(self, module: nn.Module) -> bool:
-        if isinstance(self.target, str):
-            return any(_names_class(self.target, c) for c in type(module).__mro__)
-        return isinstance(module, self.target)
+        cls = self.target_class()
+        if cls is not None:
+            return isinstance(module, cls) if self.subclasses else type(module) is cls
+        assert isinstance(self.target, str)
+        candidates = type(module).__mro__ if self.subclasses else (type(module),)
+        return any(_names_class(self.target, c) for c in candidates)
 
     def feature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         if isinstance(self.feature_arg, str):
@@ -111,16 +157,47 @@ class ClassAdapter(OpAdapter):
         return args[self.feature_arg]
 
 
-def _names_class(path: str, cls: type) -> bool:
-    """Whether ``path`` names ``cls``: its defining path, or a re-export in a parent package that is already
-    imported (``e3nn.o3.Linear`` for ``e3nn.o3._linear.Linear``)."""
+def _lookup(path: str) -> Any:
+    """The object ``path`` names among the modules already imported (the longest imported prefix, then
+    attributes), or None; imports nothing."""
     import sys
 
-    if path == f"{cls.__module__}.{cls.__qualname__}":
-        return True
-    module_name, _, attr = path.rpartition(".")
-    module = sys.modules.get(module_name)
-    return module is not None and getattr(module, attr, None) is cls
+    parts = path.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        obj = sys.modules.get(".".join(parts[:n]))
+        if obj is None:
+            continue
+        for attr in parts[n:]:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return None
+        return obj
+    return None
+
+
+def _names_class(path: str, cls: type) -> bool:
+    """Whether ``path`` is the defining path of ``cls`` (``e3nn.o3._linear.Linear``)."""
+    return path == f"{cls.__module__}.{cls.__qualname__}"
+
+
+def read_attribute(module: nn.Module, spec: str | int | Callable[[nn.Module], Any], what: str) -> Any:
+    """A value a layer holds, as an adapter's option gives it: the value itself (an int), a callable
+    ``module -> value``, or an attribute name, dotted for a submodule's (``"map_to_feat.in_features"``).
+
+    Raises:
+        AttributeError: the (dotted) attribute is missing; the message names the part that is missing.
+    """
+    if callable(spec):
+        return spec(module)
+    if not isinstance(spec, str):
+        return spec
+    obj: Any = module
+    for i, attr in enumerate(spec.split(".")):
+        if not hasattr(obj, attr):
+            owner = type(obj).__name__ if i == 0 else ".".join(spec.split(".")[:i])
+            raise AttributeError(f"{what} {spec!r}: {owner} has no attribute {attr!r}")
+        obj = getattr(obj, attr)
+    return obj
 
 
 class ExplicitAdapter(ClassAdapter):

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.branches import Branch, DenseBranch
 from ..core.reps import Rep
-from .base import ClassAdapter
+from .base import ClassAdapter, read_attribute
 
 __all__ = ["IrrepsAdapter", "IrrepsLinearAdapter", "TensorProductAdapter"]
 
@@ -28,18 +28,24 @@ def _o3_reps(irreps_in: o3.Irreps, irreps_out: o3.Irreps) -> tuple[Rep, Rep]:
     return Rep.from_irreps(irreps_in, parity=odd), Rep.from_irreps(irreps_out, parity=odd)
 
 
+def _is_path(spec: str) -> bool:
+    """Whether ``spec`` reads as an attribute name, dotted for a submodule's (irreps strings never do)."""
+    return all(part.isidentifier() for part in spec.split("."))
+
+
 class IrrepsAdapter(ClassAdapter):
     """Any layer whose feature and output are e3nn irreps on the last axis.
 
     Args:
         target: the layer class, or its import path.
         irreps_in, irreps_out: the name of the layer's attribute holding its irreps (an ``o3.Irreps`` or a string),
-            or the irreps themselves (``"8x0e+4x1o"``).
+            dotted for a submodule's (``"linear.irreps_in"``), or the irreps themselves (``"8x0e+4x1o"``).
         feature_arg: position (int) or keyword (str) of the feature argument.
+        subclasses: match instances of subclasses of ``target`` too (default); False for the class itself only.
     """
 
     action = "irreps"
-    recipe_keys = ("irreps_in", "irreps_out", "feature_arg")
+    recipe_keys = ("irreps_in", "irreps_out", "feature_arg", "subclasses")
 
     def __init__(
         self,
@@ -47,10 +53,11 @@ class IrrepsAdapter(ClassAdapter):
         irreps_in: str = "irreps_in",
         irreps_out: str = "irreps_out",
         feature_arg: int | str = 0,
+        subclasses: bool = True,
     ) -> None:
-        super().__init__(target, feature_arg)
+        super().__init__(target, feature_arg, subclasses)
         for key, spec in (("irreps_in", irreps_in), ("irreps_out", irreps_out)):
-            if not spec.isidentifier():
+            if not _is_path(spec):
                 try:
                     o3.Irreps(spec)
                 except (ValueError, AssertionError):
@@ -64,7 +71,10 @@ class IrrepsAdapter(ClassAdapter):
         return self._irreps(module, self.irreps_in), self._irreps(module, self.irreps_out)
 
     def _irreps(self, module: nn.Module, spec: str) -> o3.Irreps:
-        value = getattr(module, spec, None) if spec.isidentifier() else None
+        try:
+            value = read_attribute(module, spec, "the attribute") if _is_path(spec) else None
+        except AttributeError:
+            value = None
         try:
             return o3.Irreps(value if value is not None else spec)
         except (ValueError, AssertionError, TypeError):

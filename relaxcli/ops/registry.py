@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import OpAdapter
+from .base import ClassAdapter, OpAdapter
 from .irreps import IrrepsAdapter, IrrepsLinearAdapter, TensorProductAdapter
 from .steerable import EscnnConvAdapter, EscnnLinearAdapter
 from .vector_neurons import VectorNeuronAdapter
@@ -33,16 +33,27 @@ ACTIONS: dict[str, type[IrrepsAdapter] | type[VectorNeuronAdapter]] = {
 _REGISTRY: list[OpAdapter] = [
     IrrepsLinearAdapter(),
     TensorProductAdapter(),
-    VectorNeuronAdapter(),
+    VectorNeuronAdapter(channel_axis=1, vector_axis=2),  # the shipped VNLinear on [B, C, 3, ...]
     EscnnConvAdapter(),
     EscnnLinearAdapter(),
 ]
 
 
 def register_op(adapter: OpAdapter) -> OpAdapter:
-    """Register an adapter; it takes precedence over the ones registered before it. Returns the adapter."""
+    """Register an adapter; it takes precedence over the ones registered before it. Returns the adapter.
+
+    A class adapter given an import path imports it here and matches by class object, so any public alias works:
+    ``register_op(VectorNeuronAdapter("torch.nn.Linear"))`` matches ``torch.nn.modules.linear.Linear``
+    instances (and its subclasses', unless ``subclasses=False``).
+
+    Raises:
+        TypeError: ``adapter`` is not an :class:`OpAdapter`.
+        ValueError: its import path does not import, or names no ``torch.nn.Module`` class.
+    """
     if not isinstance(adapter, OpAdapter):
         raise TypeError(f"register_op expects an OpAdapter, got {type(adapter).__name__}")
+    if isinstance(adapter, ClassAdapter):
+        adapter.resolve()
     _REGISTRY.insert(0, adapter)
     return adapter
 

@@ -1,5 +1,16 @@
 """Components: ``_component_`` sections naming a callable by import path, checked against its signature at load
-time and called by :func:`instantiate`."""
+time and called by :func:`instantiate`.
+
+A component's keyword arguments are plain YAML values. ``_namespace_`` names those that the callable reads as an
+attribute namespace instead of a dict (``args.n_knn``, as a ``get_model(args)`` written for argparse does); each
+reaches it as an ``argparse.Namespace`` (mappings inside it too)::
+
+    model:
+      _component_: models.vn_pointnet.get_model
+      _namespace_: [args]
+      args: {n_knn: 20, pooling: mean}
+      num_class: 40
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,7 @@ import datetime
 import importlib
 import inspect
 import os
+from argparse import Namespace
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -26,6 +38,7 @@ __all__ = [
     "check_plain",
     "convert_component",
     "instantiate",
+    "as_namespace",
 ]
 
 #: What the trainer passes positionally before a component's own kwargs.
@@ -43,6 +56,7 @@ class ComponentSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # model._weights_: safetensors file with initial weights
     section: str = ""  # "model", "data", ... (used in error messages)
+    namespaces: list[str] = field(default_factory=list)  # _namespace_: kwargs passed as attribute namespaces
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes, datetime.date)
@@ -129,7 +143,7 @@ def convert_component(value: Any, path: KeyPath, ctx: Problems) -> Any:
         ctx.add(path, f"expected a mapping with '_component_', got {show(value)}")
         return INVALID
     before = ctx.count()
-    reserved = ["_component_", "_weights_"] if section == "model" else ["_component_"]
+    reserved = ["_component_", "_weights_", "_namespace_"] if section == "model" else ["_component_", "_namespace_"]
     kwargs: dict[str, Any] = {}
     for key, v in value.items():
         if not isinstance(key, str):
@@ -147,6 +161,7 @@ def convert_component(value: Any, path: KeyPath, ctx: Problems) -> Any:
     elif not isinstance(target, str):
         ctx.add(path + ("_component_",), f"expected a dotted import path string, got {show(target)}")
 
+    namespaces = _namespaces(value.get("_namespace_"), kwargs, path + ("_namespace_",), ctx)
     weights = value.get("_weights_") if section == "model" else None
     if weights is not None:
         if not isinstance(weights, str) or not weights:
@@ -167,7 +182,46 @@ def convert_component(value: Any, path: KeyPath, ctx: Problems) -> Any:
             check_signature(obj, target, kwargs, path, ctx)
     if ctx.count() != before:
         return INVALID
-    return ComponentSpec(target=canonical(str(target)), kwargs=kwargs, weights=weights, section=section)
+    return ComponentSpec(
+        target=canonical(str(target)), kwargs=kwargs, weights=weights, section=section, namespaces=namespaces
+    )
+
+
+def _namespaces(value: Any, kwargs: dict[str, Any], path: KeyPath, ctx: Problems) -> list[str]:
+    """The kwargs that ``_namespace_`` names (a name or a list of names), each of which must be a mapping."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        ctx.add(
+            path,
+            f"expected the name of a keyword argument, or a list of them, to pass as an attribute namespace "
+            f"(e.g. [args]), got {show(value)}",
+        )
+        return []
+    for name in names:
+        if name not in kwargs:
+            given = [k for k in kwargs if isinstance(kwargs[k], dict)]
+            ctx.add(path, f"names {name!r}, which is not a keyword argument of this section{suggest(name, given)}")
+        elif not isinstance(kwargs[name], dict):
+            ctx.add(
+                path,
+                f"names {name!r}, whose value {show(kwargs[name])} is not a mapping; give it as a mapping of the "
+                f"attributes the callable reads ({name}: {{n_knn: 20}})",
+            )
+    return list(names)
+
+
+def as_namespace(value: Any) -> Any:
+    """A mapping as an ``argparse.Namespace`` (mappings inside it too); anything else unchanged.
+
+    Example:
+        >>> as_namespace({"n_knn": 20, "model": {"width": 8}}).model.width
+        8
+    """
+    if isinstance(value, dict):
+        return Namespace(**{str(k): as_namespace(v) for k, v in value.items()})
+    return value
 
 
 def check_signature(obj: Any, target: str, kwargs: dict[str, Any], path: KeyPath, ctx: Problems) -> None:
@@ -223,8 +277,11 @@ def instantiate(spec: ComponentSpec, *args: Any, **extra_kwargs: Any) -> Any:
     obj, reason = import_target(spec.target)
     if reason is not None:
         raise RecipeError([f"{section}: cannot import {spec.target}: {reason}"])
+    kwargs = copy.deepcopy(spec.kwargs)
+    for name in spec.namespaces:  # _namespace_: read as args.n_knn, not args["n_knn"]
+        kwargs[name] = as_namespace(kwargs[name])
     try:
-        return obj(*args, **{**copy.deepcopy(spec.kwargs), **extra_kwargs})
+        return obj(*args, **{**kwargs, **extra_kwargs})
     except Exception as exc:
         message = str(exc).strip() or type(exc).__name__
         if len(message) > 300:

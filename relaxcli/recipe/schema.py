@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from .components import ComponentSpec, import_target
 from .problems import show, suggest
@@ -32,6 +32,7 @@ __all__ = [
     "OpConfig",
     "RelaxConfig",
     "SymmetryConfig",
+    "ForwardConfig",
     "to_plain",
 ]
 
@@ -89,6 +90,10 @@ def _float32(value: float) -> str | None:
     )
 
 
+def _below_one(value: float) -> str | None:
+    return None if value < 1 else f"must be < 1 (an EMA factor in [0, 1)), got {_num(value)}"
+
+
 def _nonempty(value: str) -> str | None:
     return "must not be empty" if not value.strip() else None
 
@@ -107,13 +112,31 @@ def _irreps_problem(value: str) -> str | None:
     return None
 
 
-IrrepsSpec = Annotated[
-    Optional[str],
-    Check(
-        _irreps_problem,
-        "an e3nn Irreps string, 'cartesian_points', the name of a model attribute (group: escnn) or null",
-    ),
-]
+_SPEC = (
+    "an e3nn Irreps string, 'cartesian_points', a mapping naming the axis the group acts on ({rep: "
+    "cartesian_points, axis: 1}), the name of a model attribute (group: escnn) or null"
+)
+
+
+def _spec_problem(value: Any) -> str | None:
+    """One tensor's spec: a string (see :func:`_irreps_problem`) or a mapping with the axis, which
+    :func:`relaxcli.core.symmetry.feature_spec` parses."""
+    if isinstance(value, str):
+        return _irreps_problem(value)
+    if isinstance(value, dict):
+        from ..core.symmetry import feature_spec, is_feature_mapping  # lazily: torch and e3nn
+
+        if not is_feature_mapping(value):
+            return f"expected {_SPEC}; a mapping spec needs 'rep' and 'axis' keys, got {show(value)}"
+        try:
+            feature_spec(value)
+        except ValueError as e:
+            return str(e)
+        return None
+    return f"expected {_SPEC}, got {show(value)}"
+
+
+IrrepsSpec = Annotated[Optional[Any], Check(_spec_problem, _SPEC)]
 
 # -----------------------------------------------------------------------------
 # The schema
@@ -152,6 +175,7 @@ class RegularizerConfig:
     discrete: bool = True
     source: Literal["data", "weight"] = "data"
     rows: Annotated[Optional[int], Range(ge=1)] = 256  # max rows per site for data regularisers
+    every: Annotated[int, Range(ge=1, cap=10**6)] = 1  # evaluate on every k-th step only, with weight k·λ
 
 
 def _one_of(value: str, registry: Iterable[str]) -> str | None:
@@ -181,6 +205,14 @@ def _metric_problem(value: str) -> str | None:
     from ..run.evaluation import METRICS
 
     return _one_of(value, METRICS)
+
+
+def _include_problem(value: str) -> str | None:
+    if not value.startswith("@"):
+        return None
+    from ..core.presets import PRESETS
+
+    return _one_of(value, PRESETS)
 
 
 def _action_problem(value: str) -> str | None:
@@ -218,6 +250,9 @@ class ThetaConfig:
     dual_lr: Annotated[float, Range(gt=0)] = 0.01  # eta_d
     gamma_init: Annotated[float, Check(_float32)] = 1.0
     gamma_lr: Annotated[Optional[float], Range(gt=0)] = None  # optimiser lr for gamma (and u); None: the model's
+    dual: Literal["ascent", "pi", "augmented"] = "pi"  # ace: the dual update (pi, augmented: damped; ascent: not)
+    damping: Annotated[float, Range(ge=0), Check(_float32)] = 300.0  # ace: kappa_p (pi) or c (augmented)
+    nu: Annotated[float, Range(ge=0), Check(_below_one)] = 0.0  # ace, dual pi: EMA of the proportional term (nuPI)
     rho: Annotated[float, Range(gt=0)] = 1.0  # ace_elastic: price of slack
 
     def options(self) -> dict[str, Any]:
@@ -245,15 +280,19 @@ class OpConfig:
     action: Annotated[str, Check(_action_problem, "the name of an op action")] = field(
         default_factory=lambda: _first("..ops.registry", "ACTIONS")
     )
-    # action irreps: e3nn irreps on the last axis; an attribute name of the layer, or the irreps themselves
+    subclasses: bool = True  # instances of subclasses of the layer class match too; false: the class itself only
+    # action irreps: e3nn irreps on the last axis; an attribute name of the layer (dotted for a submodule's), or the
+    # irreps themselves
     irreps_in: str = "irreps_in"
     irreps_out: str = "irreps_out"
     feature_arg: Annotated[int, Range(ge=0)] = 0  # position of the feature among the layer's arguments
-    # action vector_neurons: [B, C, 3, ...] features; attribute names holding the channel counts, and the axes
+    # action vector_neurons: [B, C, 3, ...] features; attribute names holding the channel counts (dotted for a
+    # submodule's: map_to_feat.in_features; by default in_channels, else in_features, else the one 2-D weight's shape)
     in_channels: str = "in_channels"
     out_channels: str = "out_channels"
-    channel_axis: int = 1
-    vector_axis: int = 2
+    channel_axis: Optional[int] = None  # null: -1 for torch.nn.Linear (the axis it maps), else 1
+    vector_axis: Optional[int] = None  # null: found per call, the one other axis of size 3 (not the batch axis 0)
+    layouts: dict[str, Any] = field(default_factory=dict)  # per path glob: {vector_axis: 2} or [channel, vector]
 
     def options(self) -> dict[str, Any]:
         """The values of the keys the chosen action reads."""
@@ -291,19 +330,42 @@ class OpConfig:
 class RelaxConfig:
     enabled: bool = True
     mode: Literal["auto", "fx", "hooks"] = "auto"
-    include: list[str] = field(default_factory=lambda: ["*"])  # fnmatch globs on module paths
+    # fnmatch globs on module paths, or presets by role: @node_update, @messages, @nodes (relaxcli.core.presets)
+    include: list[
+        Annotated[str, Check(_include_problem, "a glob on module paths or a preset such as '@node_update'")]
+    ] = field(default_factory=lambda: ["*"])
     exclude: list[str] = field(default_factory=list)
     ops: list[OpConfig] = field(default_factory=list)  # the user's own equivariant layers, beside the built-in ones
     fuse: bool = True  # run an op and its branch as one product (op + θW) where the adapter can: VN linears, R2Conv
+    scalar_sites: bool = False  # also relax ops mapping invariants to invariants (0e -> 0e); they cannot break it
     branch: BranchConfig = field(default_factory=BranchConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     theta: ThetaConfig = field(default_factory=ThetaConfig)
 
 
 @dataclass
+class ForwardConfig:
+    """``forward``: keyword arguments of every model call, beside the batch's inputs (MACE needs
+    ``{training: true, compute_force: true}``). ``eval_kwargs`` replace them in evaluation, the dry run and the
+    equivariance checks (default: ``kwargs``)."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_kwargs: Optional[dict[str, Any]] = None
+
+    def call_kwargs(self, training: bool) -> dict[str, Any]:
+        """The keyword arguments of a training call, or of an evaluation call."""
+        return dict(self.kwargs if training or self.eval_kwargs is None else self.eval_kwargs)
+
+
+@dataclass
 class SymmetryConfig:
-    inputs: list[IrrepsSpec]
-    output: IrrepsSpec
+    """``symmetry``: how the group acts on each model input and on the output. ``inputs`` is a list (one spec per
+    positional input) or, for a model called with a dict of tensors (keyword arguments, or one dict argument as in
+    MACE), a mapping from dict keys to specs; keys it does not name are left alone. ``output`` is one spec, or for
+    a dict output a mapping naming the entries to check (``{energy: 0e, forces: 1x1o}``)."""
+
+    inputs: Union[list[IrrepsSpec], dict[str, IrrepsSpec]]
+    output: Union[IrrepsSpec, dict[str, IrrepsSpec]]
     group: Literal["o3", "escnn"] = "o3"  # escnn: inputs/output name model attributes holding escnn FieldTypes
     parity: bool = True  # test improper rotations too (O(3)); false for SO(3)-only models
     translation: bool = True  # translate 'cartesian_points' inputs and outputs
@@ -311,9 +373,18 @@ class SymmetryConfig:
     def check(self, given: Iterable[str]) -> list[tuple[str, str]]:
         """o3 specs are Irreps strings or 'cartesian_points'; escnn specs name model attributes (FieldTypes)."""
         problems = []
-        specs = [(f"inputs[{i}]", spec) for i, spec in enumerate(self.inputs)] + [("output", self.output)]
+        specs = [(f"inputs{_item(k)}", spec) for k, spec in _entries(self.inputs)]
+        specs += (
+            [(f"output{_item(k)}", spec) for k, spec in _entries(self.output)]
+            if isinstance(self.output, dict)
+            else [("output", self.output)]
+        )
         for key, spec in specs:
             if spec is None:
+                continue
+            if not isinstance(spec, str):  # one tensor's spec with its axis, {rep: cartesian_points, axis: 1}
+                if self.group == "escnn":
+                    problems.append((key, "with group escnn, name the model attribute holding the FieldType"))
                 continue
             if self.group == "o3" and spec.isidentifier() and spec != "cartesian_points":
                 problems.append(
@@ -333,11 +404,25 @@ class SymmetryConfig:
                 )
         if self.group == "escnn":
             problems += [
+                (k, "with group escnn, give a list of model attribute names (one per positional input), not a mapping")
+                for k in ("inputs", "output")
+                if isinstance(getattr(self, k), dict)
+            ]
+            problems += [
                 (k, "does not apply to group escnn (every element of the escnn group is tested)")
                 for k in ("parity", "translation")
                 if k in given and getattr(self, k) is not True
             ]
         return problems
+
+
+def _entries(specs: Any) -> list[tuple[int | str, Any]]:
+    """``(index or key, spec)`` of a list or mapping of specs."""
+    return list(specs.items()) if isinstance(specs, dict) else list(enumerate(specs))
+
+
+def _item(key: int | str) -> str:
+    return f"[{key}]" if isinstance(key, int) else f".{key}"
 
 
 def _default_loss() -> ComponentSpec:
@@ -363,6 +448,8 @@ class Recipe:
     optimizer: ComponentSpec
     scheduler: Optional[ComponentSpec] = None
     trainer: TrainerConfig
+    collate: Optional[ComponentSpec] = None  # makes a batch of a list of items; None: torch's default_collate
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     symmetry: Optional[SymmetryConfig] = None
     source: Optional[str] = field(default=None, compare=False, metadata={"internal": True})
@@ -382,6 +469,8 @@ def to_plain(value: Any) -> Any:
         out: dict[str, Any] = {"_component_": value.target}
         if value.weights is not None:
             out["_weights_"] = value.weights
+        if value.namespaces:
+            out["_namespace_"] = list(value.namespaces)
         out.update(copy.deepcopy(value.kwargs))
         return out
     if is_dataclass(value):

@@ -43,6 +43,7 @@ _TASKS = {
     "nbody": ("SEGNN", "NBodyData"),
     "pointcloud": ("VNPointNet", "PointCloudData"),
     "grid": ("SteerableCNN", "AllenCahnData"),
+    "atoms": ("Potential", "AtomsData"),
 }
 
 #: Exact component paths (as :func:`~relaxcli.recipe.components.canonical` writes them) that a file may name.
@@ -50,6 +51,12 @@ ALLOWED: frozenset[str] = frozenset(
     [f"relaxcli.tasks.{name}" for names in _TASKS.values() for name in names]
     + [f"relaxcli.tasks.{module}.{name}" for module, names in _TASKS.items() for name in names]
     + ["relaxcli.ops.vector_neurons.VNLinear", "relaxcli.VNLinear"]
+    + [f"relaxcli.atoms.{name}" for name in ("GraphCollate", "EnergyForcesLoss")]
+    + [f"relaxcli.tasks.atoms_extras.{name}" for name in ("mace_model", "nequip_model")]
+    + [
+        f"relaxcli.atoms.{module}.{name}"
+        for module, name in (("graphs", "GraphCollate"), ("losses", "EnergyForcesLoss"))
+    ]
 )
 
 

@@ -51,12 +51,28 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is list:
         return "a list of strings" if args and args[0] is str else "a list"
+    if origin is dict:
+        return "a mapping"
     if tp is ComponentSpec:
         return "a mapping with '_component_'"
     if is_dataclass(tp):
         return "a mapping"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _accepts_null(tp: Any) -> bool:
+    """Whether a type hint admits null (an ``Optional`` inside ``Annotated``)."""
+    if typing.get_origin(tp) is Annotated:
+        return _accepts_null(typing.get_args(tp)[0])
+    return _is_union(tp) and type(None) in typing.get_args(tp)
+
+
+def _feature_mapping(value: Any) -> bool:
+    """Whether a mapping is one tensor's symmetry spec with its axis (see ``relaxcli.core.symmetry.feature_spec``)."""
+    from ..core.symmetry import is_feature_mapping  # lazily: it imports torch
+
+    return is_feature_mapping(value)
 
 
 def _scalar_ok(value: Any, tp: Any) -> bool:
@@ -99,14 +115,26 @@ def _convert(value: Any, tp: Any, path: KeyPath, ctx: Problems, expected: str | 
                 return INVALID
         return out
 
-    if _is_union(tp):  # only Optional[X] is used in the schema
+    if _is_union(tp):  # Optional[X], or X | list[...] | dict[...] told apart by the value's container type
         rest = [a for a in args if a is not type(None)]
-        if len(rest) != 1:
-            raise TypeError(f"recipe schema uses an unsupported union: {tp!r}")
         if value is None:
-            return None if type(None) in args else mismatch()
+            return None if type(None) in args or any(_accepts_null(a) for a in rest) else mismatch()
+        if len(rest) > 1:
+            kind = list if isinstance(value, list) else dict if isinstance(value, dict) else None
+            if kind is dict and _feature_mapping(value):
+                kind = None  # one tensor's spec written as a mapping ({rep: ..., axis: 1}), not specs keyed by name
+            chosen = [a for a in rest if typing.get_origin(a) is kind] or [
+                a for a in rest if typing.get_origin(a) not in (list, dict)
+            ]
+            if len(chosen) != 1:
+                return mismatch()
+            return _convert(value, chosen[0], path, ctx, expected)
         inner = rest[0]
-        if typing.get_origin(inner) in (Annotated, Literal, list) or is_dataclass(inner) or _scalar_ok(value, inner):
+        if (
+            typing.get_origin(inner) in (Annotated, Literal, list, dict)
+            or is_dataclass(inner)
+            or _scalar_ok(value, inner)
+        ):
             return _convert(value, inner, path, ctx, expected)
         return mismatch()
 
@@ -123,6 +151,12 @@ def _convert(value: Any, tp: Any, path: KeyPath, ctx: Problems, expected: str | 
             return mismatch()
         items = [_convert(v, args[0] if args else Any, path + (i,), ctx) for i, v in enumerate(value)]
         return INVALID if any(x is INVALID for x in items) else items
+
+    if origin is dict:  # a mapping with string keys
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return mismatch()
+        entries = {k: _convert(v, args[1] if args else Any, path + (k,), ctx) for k, v in value.items()}
+        return INVALID if any(x is INVALID for x in entries.values()) else entries
 
     if tp is ComponentSpec:
         return convert_component(value, path, ctx)

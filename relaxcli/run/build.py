@@ -96,7 +96,8 @@ def build_relaxed(model: nn.Module, recipe: Recipe) -> RelaxedModel | None:
     cfg = recipe.relax
     if not cfg.enabled:
         return None
-    mine: list[OpAdapter] = [ACTIONS[op.action](op.layer, **op.options()) for op in cfg.ops]
+    # resolved to their class objects: any public alias of a class (torch.nn.Linear) matches its instances
+    mine: list[OpAdapter] = [ACTIONS[op.action](op.layer, **op.options()).resolve() for op in cfg.ops]
     return relax(
         model,
         mode=cfg.mode,
@@ -105,6 +106,7 @@ def build_relaxed(model: nn.Module, recipe: Recipe) -> RelaxedModel | None:
         init_std=cfg.branch.init_std,
         adapters=mine + registered_ops() if mine else None,
         fuse=cfg.fuse,
+        scalar_sites=cfg.scalar_sites,
     )
 
 
@@ -117,7 +119,7 @@ def build_relaxation(
     if relaxed is None:
         return NoRelaxation(model)
     r, t = recipe.relax.regularizer, recipe.relax.theta
-    regularizer = Regularizer(r.weight, r.projection, r.lie, r.discrete, r.source, r.rows)
+    regularizer = Regularizer(r.weight, r.projection, r.lie, r.discrete, r.source, r.rows, r.every)
     schedule = SCHEDULES[t.schedule].from_recipe(t.options(), total_steps, steps_per_epoch)
     return Relaxation(relaxed, regularizer, schedule)
 

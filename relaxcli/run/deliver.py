@@ -21,7 +21,15 @@ from ..recipe import Recipe
 from .build import build_relaxation, restore
 from .checkpoint import Checkpoint, load_checkpoint, save_projected, save_relaxed
 from .files import atomic_path, check_not_input
-from .symmetry import check_options, default_tolerance, example_inputs, sample_count, symmetry_args
+from .symmetry import (
+    check_options,
+    checked_function,
+    default_tolerance,
+    example_inputs,
+    in_float64,
+    sample_count,
+    symmetry_args,
+)
 
 __all__ = ["project_checkpoint", "export_checkpoint_file"]
 
@@ -84,10 +92,19 @@ def project_checkpoint(
     model.eval()
     report = None
     tol = default_tolerance(recipe) if tolerance is None else tolerance
-    if verify:
+    if verify:  # in float64 where the model can be built so: float32 rounding would hide errors below ~1e-6
         inputs = example_inputs(recipe, samples)
-        args, kw = symmetry_args(recipe, inputs, model)
-        report = verify_equivariant(model, args, tolerance=tol, samples=sample_count(inputs), ntrials=trials, **kw)
+        checked, dtype = model, recipe.trainer.dtype
+        wider = in_float64(recipe, model, inputs) if recipe.symmetry is not None else None
+        if wider is not None:
+            (checked, inputs), dtype = wider, "float64"
+            tol = default_tolerance(recipe, dtype) if tolerance is None else tolerance
+        args, kw = symmetry_args(recipe, inputs, checked)
+        call = checked_function(recipe, checked, inputs)
+        report = verify_equivariant(
+            checked, args, tolerance=tol, samples=sample_count(inputs), ntrials=trials, call=call, **kw
+        )
+        report.dtype = dtype
     save_projected(
         out_path,
         model,
@@ -110,6 +127,7 @@ def _equivariance_meta(report: EquivarianceReport) -> dict[str, Any]:
         "cases": report.cases,
         "elements": report.elements,
         "samples": report.samples,
+        "dtype": report.dtype,
     }
 
 
@@ -160,7 +178,7 @@ def _export_relaxed(
         inputs = example_inputs(recipe, samples)
         args, kw = symmetry_args(recipe, inputs, relaxed)
         relaxed.eval()
-        report = equivariance_error(relaxed, args, ntrials=trials, **kw)
+        report = equivariance_error(checked_function(recipe, relaxed, inputs), args, ntrials=trials, **kw)
         report.samples = sample_count(inputs)
         if not report.finite():
             raise EquivarianceError(

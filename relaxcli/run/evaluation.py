@@ -11,12 +11,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from ..atoms.losses import energy_error, force_error
 from ..errors import RelaxError
 
-__all__ = ["METRICS", "accuracy"]
+__all__ = ["METRICS", "accuracy", "energy_mae", "forces_mae"]
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -35,5 +37,27 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output.argmax(dim=-1) == target).to(torch.float64).mean()
 
 
+def energy_mae(output: Any, target: Any) -> torch.Tensor:
+    """Mean absolute energy error of a potential (dict output and target), per atom where the target has
+    ``natoms``."""
+    return _potential(energy_error, output, target, energy_mae.__name__)
+
+
+def forces_mae(output: Any, target: Any) -> torch.Tensor:
+    """Mean absolute force error of a potential, over atoms and components."""
+    return _potential(force_error, output, target, forces_mae.__name__)
+
+
+def _potential(error: Callable[[Any, Any], torch.Tensor], output: Any, target: Any, name: str) -> torch.Tensor:
+    try:
+        return error(output, target).abs().to(torch.float64).mean()
+    except ValueError as e:
+        raise RelaxError(f"trainer.metrics: {name}: {e}; remove it from trainer.metrics for this task") from None
+
+
 #: The metrics a recipe may list in ``trainer.metrics``: ``name -> fn(output, target)``, a batch mean.
-METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"accuracy": accuracy}
+METRICS: dict[str, Callable[[Any, Any], torch.Tensor]] = {
+    "accuracy": accuracy,
+    "energy_mae": energy_mae,
+    "forces_mae": forces_mae,
+}

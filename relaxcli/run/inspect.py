@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..core.calls import inference
 from ..core.graph import RelaxedModel
 from ..core.regularizers import site_terms
 from ..core.symmetry import EquivarianceReport, equivariance_error
@@ -27,7 +28,7 @@ from .batches import call_model
 from .build import build_model, build_relaxed, restore
 from .checkpoint import load_checkpoint
 from .runlog import SITE_KEYS
-from .symmetry import check_options, example_inputs, sample_count, symmetry_args
+from .symmetry import check_options, checked_function, example_inputs, sample_count, symmetry_args
 
 __all__ = ["SiteRow", "InspectReport", "inspect_path", "site_rows"]
 
@@ -45,6 +46,7 @@ class SiteRow:
     discrete: float
     calls: int
     schedule: dict[str, float] = field(default_factory=dict)  # a learnt schedule's own numbers (ACE: λ, u)
+    layout: str = ""  # the feature layout found at the site's calls, where it is not trivial ("[B, *, 3, C]")
 
 
 @dataclass
@@ -70,13 +72,19 @@ class InspectReport:
         return all(r.finite() and r.tested() > 0 for r in self.equivariance.values()) and self.worst() <= tolerance
 
 
-def site_rows(relaxed: RelaxedModel, inputs: Any) -> list[SiteRow]:
+def site_rows(relaxed: RelaxedModel, inputs: Any, forward_kwargs: dict[str, Any] | None = None) -> list[SiteRow]:
     """Per-site branch statistics, the data terms measured on ``inputs`` (all rows)."""
     relaxed.eval()
-    with torch.no_grad(), relaxed.capturing():
+
+    def run() -> Any:  # afresh on each try: inference retries with gradients for a model that takes them
         for s in relaxed.sites:
             s.calls = 0
-        call_model(relaxed, inputs)
+            s.branch.captured.clear()
+        return call_model(relaxed, inputs, forward_kwargs)
+
+    with relaxed.capturing():
+        inference(run)
+    with torch.no_grad():
         rows = []
         for s in relaxed.sites:
             b = s.branch
@@ -95,6 +103,7 @@ def site_rows(relaxed: RelaxedModel, inputs: Any) -> list[SiteRow]:
                     float(t.lie),
                     float(t.discrete),
                     s.calls,
+                    layout=b.layout,
                 )
             )
     return rows
@@ -153,9 +162,16 @@ def inspect_path(
     )
     if relaxed is not None and relaxed.fallback_reason:
         report.notes.append(f"hooks mode: {relaxed.fallback_reason}")
+    if relaxed is not None and relaxed.kept_whole:
+        report.notes.append(
+            f"fx mode: kept whole because they carry hooks (which keep firing): {', '.join(relaxed.kept_whole)}; "
+            f"their sites are attached with hooks ({len(relaxed.hooked_sites)})"
+        )
+    if relaxed is not None:
+        report.notes += [f"skipped site {path}: {reason}" for path, reason in relaxed.skipped]
     inputs = example_inputs(recipe, samples)
     if relaxed is not None:
-        report.sites = site_rows(relaxed, inputs)
+        report.sites = site_rows(relaxed, inputs, recipe.forward.call_kwargs(False))
         for row in report.sites:
             if row.calls != 1:
                 report.notes.append(f"site {row.path} fired {row.calls} times in one forward pass")
@@ -173,13 +189,15 @@ def inspect_path(
     model.eval()
     if relaxed is not None:
         thetas = sorted({round(r.theta, 6) for r in report.sites})
-        report.equivariance["relaxed"] = equivariance_error(relaxed, args, ntrials=trials, **kw)
+        check = checked_function(recipe, relaxed, inputs)
+        report.equivariance["relaxed"] = equivariance_error(check, args, ntrials=trials, **kw)
         if thetas == [0.0]:
             report.notes.append("every θ is 0: the relaxed model is its projection")
         with relaxed.projected():
-            report.equivariance["projected"] = equivariance_error(relaxed, args, ntrials=trials, **kw)
+            report.equivariance["projected"] = equivariance_error(check, args, ntrials=trials, **kw)
     else:
-        report.equivariance["projected"] = equivariance_error(model, args, ntrials=trials, **kw)
+        check = checked_function(recipe, model, inputs)
+        report.equivariance["projected"] = equivariance_error(check, args, ntrials=trials, **kw)
     for r in report.equivariance.values():
         r.samples = sample_count(inputs)
     return report

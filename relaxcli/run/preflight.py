@@ -96,11 +96,24 @@ def _inputs_of(splits: Splits) -> Any:
 
 def _input_problems(recipe: Recipe, model: nn.Module, splits: Splits) -> list[str]:
     inputs = _inputs_of(splits)
-    if inputs is None or isinstance(inputs, dict):  # keyword arguments: nothing to count
+    sym = recipe.symmetry
+    if inputs is None:
+        return []
+    if sym is not None and isinstance(inputs, dict) != isinstance(sym.inputs, dict):
+        kind = f"a dict with keys {', '.join(map(repr, inputs))}" if isinstance(inputs, dict) else "positional"
+        want = (
+            "a mapping from those keys to specs, e.g. {positions: cartesian_points}"
+            if isinstance(inputs, dict)
+            else "a list, one spec per input"
+        )
+        return [
+            f"{locate(recipe, ('symmetry', 'inputs'))}: symmetry.inputs: the inputs of each item of "
+            f"{recipe.data.target}'s training split are {kind}, so give {want}"
+        ]
+    if isinstance(inputs, dict):  # keyword arguments or one dict argument: the keys are checked at the start
         return []
     n = len(inputs) if isinstance(inputs, (list, tuple)) else 1
     problems = []
-    sym = recipe.symmetry
     if sym is not None and len(sym.inputs) != n:
         problems.append(
             f"symmetry.inputs: lists {len(sym.inputs)} input{'s' * (len(sym.inputs) != 1)} but the model "

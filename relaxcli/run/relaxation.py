@@ -36,6 +36,7 @@ class Relaxation:
 
     def __init__(self, relaxed: RelaxedModel, regularizer: Regularizer, schedule: Schedule) -> None:
         self.relaxed, self.regularizer, self.schedule = relaxed, regularizer, schedule
+        self._last: dict[str, float] = {}  # the terms of the latest evaluated step (regularizer.every > 1)
 
     @property
     def net(self) -> nn.Module:
@@ -73,7 +74,9 @@ class Relaxation:
     def regularize(self) -> tuple[torch.Tensor | float, dict[str, float]]:
         """The weighted regulariser over the inputs the last forward pass captured, and its numbers to log."""
         reg = self.regularizer(self.relaxed)
-        return reg.total, {"reg": float(reg.total.detach()), **reg.summary(), **self.schedule.summary(self.relaxed)}
+        if reg.evaluated:  # an amortised regulariser (every: k) logs the terms of its latest evaluation in between
+            self._last = {"reg": float(reg.total.detach()), **reg.summary()}
+        return reg.total, {**self._last, **self.schedule.summary(self.relaxed)}
 
     def penalty(self) -> torch.Tensor | None:
         return self.schedule.penalty(self.relaxed)

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -31,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset, default_collate
+from torch.utils.data import DataLoader, Subset
 
+from ..core.calls import inference
 from ..errors import RelaxError
 from ..recipe import Recipe, dump_recipe, instantiate
-from .batches import call_args, call_model, example_batch, split_batch, to_device
+from .batches import Counted, build_collate, call_args, call_model, example_batch, split_batch, to_device
 from .build import DTYPES, build_data, build_model, build_relaxation, resolve_device
 from .checkpoint import Checkpoint, load_checkpoint, load_user_state, save_relaxed, unflatten_state
 from .distributed import GlobalBatches, current, shard, wrap
@@ -83,6 +85,7 @@ class Trainer:
         torch.manual_seed(recipe.seed)
         self.model = build_model(recipe)
         self.splits = build_data(recipe)
+        self.collate = Counted(build_collate(recipe))  # (batch, number of items)
         check_run(recipe, self.model, self.splits)  # empty splits, batch_size, classes, symmetry.inputs
         batches = self._batches(0)
         self.steps_per_epoch, self.dropped_items = len(batches), batches.dropped
@@ -157,13 +160,15 @@ class Trainer:
         cfg = self.recipe.trainer
         self.net.train()
         batches = self._batches(self.epoch)
-        loader = DataLoader(self.splits.train, batch_sampler=batches, num_workers=cfg.num_workers)
+        loader = DataLoader(
+            self.splits.train, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=self.collate
+        )
         window: dict[str, float] = {}
         count = 0
-        for batch, global_size in zip(loader, batches.global_sizes):
+        for (batch, size), global_size in zip(loader, batches.global_sizes):
             if self.step >= self.total_steps:
                 break
-            record = self.train_step(batch, global_size)
+            record = self.train_step(batch, size, global_size)
             for k, v in record.items():
                 window[k] = window.get(k, 0.0) + v
             count += 1
@@ -185,15 +190,16 @@ class Trainer:
                 progress.update(self, mean["loss"])
                 window, count = {}, 0
 
-    def train_step(self, batch: Any, global_size: int | None = None) -> dict[str, float]:
-        """One optimiser step on this process's part of a global batch of ``global_size`` items (default: all of
-        it). Returns the step's numbers, averaged over the processes."""
+    def train_step(self, batch: Any, size: int, global_size: int | None = None) -> dict[str, float]:
+        """One optimiser step on a collated batch of ``size`` items, this process's part of a global batch of
+        ``global_size`` items (default: all of it). Returns the step's numbers, averaged over the processes."""
         inputs, target = to_device(split_batch(batch), self.device, self.dtype)
         # DDP averages gradients over the processes; weighting each process's mean loss by its share of the global
         # batch makes that average the gradient of the global batch's mean loss
-        share = target.shape[0] / (global_size or target.shape[0])
+        share = size / (global_size or size)
         self.relaxation.before_step(self.step)
-        task = call_loss(self.recipe, self.loss_fn, call_model(self.train_net, inputs), target)  # names a bad loss
+        output = call_model(self.train_net, inputs, self.recipe.forward.call_kwargs(training=True))
+        task = call_loss(self.recipe, self.loss_fn, output, target)  # names a bad loss
         reg, record = self.relaxation.regularize()
         data_loss = task + reg
         penalty = self.relaxation.penalty()  # a learnt schedule's own terms: the same on every process, not scaled
@@ -221,15 +227,17 @@ class Trainer:
         validation items (a site that fires 0 or 2 times is bypassed or shared). Changes the model: for
         ``--dry-run`` and start-up checks on a throwaway trainer."""
         n = min(self.recipe.trainer.batch_size, len(self.splits.train))  # type: ignore[arg-type]
-        record = self.train_step(default_collate([self.splits.train[i] for i in range(n)]))
+        batch, size = self.collate([self.splits.train[i] for i in range(n)])
+        record = self.train_step(batch, size)
         return record, self.site_calls()
 
     def site_calls(self) -> dict[str, int]:
         """How often each site fires in one forward pass of two validation items (empty for a standard run)."""
         if not self.relaxation.enabled:
             return {}
-        inputs, _ = example_batch(self.splits.val, 2)
-        args, kwargs = call_args(to_device(inputs, self.device, self.dtype))
+        inputs, _ = example_batch(self.splits.val, 2, self.collate.collate)
+        inputs = to_device(inputs, self.device, self.dtype)
+        args, kwargs = call_args(inputs, self.net, self.recipe.forward.call_kwargs(training=False))
         self.net.eval()
         try:
             return self.relaxation.net.dry_run(*args, **kwargs)  # type: ignore[operator]
@@ -237,10 +245,11 @@ class Trainer:
             self.net.train()
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, split: str, projected: bool = True) -> float:
         """Mean loss over a split, of the projected model (θ = 0) or of the relaxed model. The extra metrics of
-        ``trainer.metrics`` (e.g. accuracy) from the same pass are kept in ``self.extra_metrics``.
+        ``trainer.metrics`` (e.g. accuracy) from the same pass are kept in ``self.extra_metrics``. Without
+        gradients, unless the model takes them in ``forward`` (forces by autograd): see
+        :func:`relaxcli.core.calls.inference`.
 
         Raises:
             RelaxError: the loss or a metric is not finite; the message names the split and how many of its items
@@ -251,26 +260,30 @@ class Trainer:
             dataset = Subset(dataset, shard(len(dataset), self.dist))
         cfg = self.recipe.trainer
         loader = DataLoader(
-            dataset, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.num_workers
+            dataset,
+            batch_size=cfg.eval_batch_size or cfg.batch_size,
+            shuffle=False,
+            num_workers=cfg.num_workers,
+            collate_fn=self.collate,
         )
+        kwargs = self.recipe.forward.call_kwargs(training=False)
         self.net.eval()
         # loss·n, n, items with a non-finite target, input, output, then each metric·n
         sums = torch.zeros(5 + len(cfg.metrics), dtype=torch.float64)
         try:
-            for batch in loader:
+            for batch, size in loader:
                 inputs, target = to_device(split_batch(batch), self.device, self.dtype)
-                if projected:
-                    with self.relaxation.projected():
-                        out = call_model(self.net, inputs)
-                else:
-                    out = call_model(self.net, inputs)
-                size = target.shape[0]
-                sums[0] += float(self.loss_fn(out, target)) * size
+                with self.relaxation.projected() if projected else contextlib.nullcontext():
+                    out = inference(call_model, (self.net, inputs, kwargs), key=self.net)
+                with torch.no_grad():
+                    loss = float(self.loss_fn(out, target))
+                sums[0] += loss * size
                 sums[1] += size
                 for k, value in enumerate((target, inputs, out)):
                     sums[2 + k] += float(_nonfinite_items(value, size).sum())
                 for k, name in enumerate(cfg.metrics):
-                    sums[5 + k] += float(METRICS[name](out, target)) * size
+                    with torch.no_grad():
+                        sums[5 + k] += float(METRICS[name](out, target)) * size
         finally:
             self.net.train()
             self.relaxation.release()

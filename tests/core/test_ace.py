@@ -34,7 +34,7 @@ def _data(n: int, field: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, 
     return x, w, y
 
 
-def _train(schedule_name: str, field: float, steps: int = 1500, **kwargs: float) -> tuple[Ace, list, nn.Module]:
+def _train(schedule_name: str, field: float, steps: int = 1500, **kwargs: float | str) -> tuple[Ace, list, nn.Module]:
     torch.manual_seed(0)
     relaxed = relax(TwoSites(), init_std=0.0)
     ace = make_schedule(schedule_name, steps, **kwargs)
@@ -55,7 +55,7 @@ def _train(schedule_name: str, field: float, steps: int = 1500, **kwargs: float)
 
 
 def test_ace_drives_gamma_down_while_the_duals_rise() -> None:
-    _, history, relaxed = _train("ace", field=0.0, steps=300, dual_lr=0.01)
+    _, history, relaxed = _train("ace", field=0.0, steps=300, dual_lr=0.01, dual="ascent")  # ACE's own update
     gamma = torch.tensor([[h[p]["gamma"] for p in ("field", "drift")] for h in history])
     lam = torch.tensor([[h[p]["lambda"] for p in ("field", "drift")] for h in history])
     assert (gamma[0] > 0.99).all() and (gamma[-1].abs() < 0.3).all()
@@ -102,3 +102,63 @@ def test_state_round_trip_and_argument_checks() -> None:
         Ace(10, dual_lr=0.0)
     with pytest.raises(ValueError, match="rho must be > 0"):
         AceElastic(10, rho=-1.0)
+
+
+def _drive(dual: str, damping: float = 0.0, steps: int = 600, lr: float = 1e-2) -> torch.Tensor:
+    """γ per step under a synthetic task that pulls γ up a little, with noise (no training): the dual dynamics
+    alone, with γ updated by Adam as in the trainer."""
+    relaxed = relax(TwoSites(), init_std=0.0)
+    ace = Ace(steps, dual_lr=0.01, dual=dual, damping=damping)
+    gammas = ace.attach(relaxed)
+    opt = torch.optim.Adam(gammas, lr=lr)
+    g = torch.Generator().manual_seed(0)
+    history = []
+    for step in range(steps):
+        gamma = ace.gammas(relaxed)
+        task = ((0.02 * torch.randn(len(gammas), generator=g) - 0.01) * gamma).sum()
+        opt.zero_grad()
+        (task + ace.penalty(relaxed)).backward()
+        opt.step()
+        ace.after_step(relaxed, step)
+        history.append(ace.gammas(relaxed).detach().clone())
+    return torch.stack(history)
+
+
+def _sign_changes_after_first_crossing(gamma: torch.Tensor) -> int:
+    """Sign changes of one site's γ after it first reaches 0 or below."""
+    crossed = (gamma <= 0).nonzero()
+    if not len(crossed):
+        return 0
+    signs = torch.sign(gamma[int(crossed[0]) :])
+    return int(((signs[1:] * signs[:-1]) < 0).sum())
+
+
+@pytest.mark.parametrize("dual", ["pi", "augmented"])
+def test_damped_duals_settle_at_zero_without_a_sign_flip(dual: str) -> None:
+    history = _drive(dual, damping=100.0)
+    assert history[0].min() > 0.9
+    for site in range(history.shape[1]):
+        assert _sign_changes_after_first_crossing(history[:, site]) == 0
+    assert history[-100:].abs().max() <= 1e-2  # and it stays there
+
+
+def test_plain_ascent_still_oscillates() -> None:
+    history = _drive("ascent")  # the old behaviour, still available
+    assert _sign_changes_after_first_crossing(history[:, 0]) >= 1
+    assert history[-1].abs().max() > 0.1
+
+
+def test_pi_dual_is_integral_plus_proportional_and_resumes_old_states() -> None:
+    relaxed = relax(TwoSites(), init_std=0.0)
+    ace = Ace(10, dual_lr=0.1, dual="pi", damping=2.0, nu=0.5)
+    ace.attach(relaxed)
+    ace.after_step(relaxed, 0)  # γ = 1: λ_I = 0.1, ξ = 0.5, λ = 0.1 + 2·0.5
+    assert torch.allclose(ace.lam, torch.full((2,), 1.1)) and torch.allclose(ace.lam_i, torch.full((2,), 0.1))
+    fresh = Ace(10, dual="pi", damping=2.0)
+    fresh.attach(relax(TwoSites()))
+    fresh.load_state_dict({"lam": torch.tensor([0.3, -0.2])})  # a checkpoint from before the damped duals
+    assert torch.equal(fresh.lam_i, torch.tensor([0.3, -0.2])) and torch.equal(fresh.xi, torch.zeros(2))
+    with pytest.raises(ValueError, match="dual must be one of ascent, pi, augmented"):
+        Ace(10, dual="adam")
+    with pytest.raises(ValueError, match="nu must be in"):
+        Ace(10, dual="pi", nu=1.0)

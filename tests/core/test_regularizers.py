@@ -157,34 +157,79 @@ def test_grouped_regulariser_equals_the_sum_of_per_site_terms() -> None:
     assert len(Regularizer()._groups(relaxed)) < len(relaxed.sites)
 
 
-@pytest.mark.parametrize(
-    "rep_in, rep_out",
-    [
-        (Rep.from_irreps("3x0e+2x1o+1x2e"), Rep.from_irreps("2x0e+1x1o+2x2e")),  # sparse generators and parity
-        (Rep.vector_neurons(5), Rep.vector_neurons(4)),  # kron(I_C, A): sparse
-        (Rep.explicit(torch.randn(2, 6, 6)), Rep.explicit(torch.randn(2, 3, 3))),  # dense matrices stay dense
-    ],
-)
-def test_commutator_equals_dense_constraint_matrices(rep_in: Rep, rep_out: Rep) -> None:
-    from relaxcli.core.regularizers import _Commutator, constraint_matrices
+def _cyclic(n: int, shift: int = 1) -> torch.Tensor:
+    return torch.roll(torch.eye(n, dtype=torch.float64), shift, dims=0)
 
+
+def _grid_like(fields: int, k: int) -> tuple[Rep, Rep]:
+    """C4 on regular fields: a patch rep ``ρ_reg(g) ⊗ S(g)`` (a 90° turn of the k x k grid) and pixel ``ρ_reg(g)``."""
+    turn = torch.arange(k * k).view(k, k).rot90(1).reshape(-1)
+    perm = torch.eye(k * k, dtype=torch.float64)[turn]
+    fibre = torch.block_diag(*[_cyclic(4)] * fields)
+    return Rep.explicit(elements=torch.kron(fibre, perm)[None]), Rep.explicit(elements=fibre[None])
+
+
+STRUCTURED = {
+    "irreps": (Rep.from_irreps("3x0e+2x1o+1x2e+1x0o"), Rep.from_irreps("2x0e+1x1o+2x2e+1x1e+1x3o")),
+    "vector-neurons": (Rep.vector_neurons(5), Rep.vector_neurons(4)),
+    "grid-like": _grid_like(2, 3),
+    "dense-explicit": (Rep.explicit(torch.randn(2, 12, 12)), Rep.explicit(torch.randn(2, 3, 3))),
+}
+
+
+@pytest.mark.parametrize("family", list(STRUCTURED))
+def test_structured_regulariser_equals_the_dense_formula(family: str) -> None:
+    """Values and gradients of both sources agree with ``‖(W A_in − A_out W) x‖`` on the dense matrices."""
+    from relaxcli.core.regularizers import _norms, _Structure, dense_norms
+
+    rep_in, rep_out = STRUCTURED[family]
+    torch.manual_seed(0)
     with default_dtype(torch.float64):
         branches = [
             DenseBranch(rep_in.dim, rep_out.dim, init_std=1.0, rep_in=rep_in, rep_out=rep_out) for _ in range(3)
         ]
-    w = torch.stack([b.weight for b in branches])
-    b0 = branches[0]
-    lie, disc = constraint_matrices(w, b0.generators_in, b0.generators_out, b0.elements_in, b0.elements_out)
-    expected = torch.cat([lie, disc], dim=1)
-    commutator = _Commutator(b0)
-    got = commutator(w)
-    assert torch.allclose(got, expected, atol=1e-12)
-    probe = torch.randn_like(expected)
-    grad_expected = torch.autograd.grad((expected * probe).sum(), branches[1].weight)[0]
-    grad_got = torch.autograd.grad((got * probe).sum(), branches[1].weight)[0]
-    assert torch.allclose(grad_got, grad_expected, atol=1e-12)
-    sparse = commutator.right.layout == torch.sparse_csr
-    assert sparse == (rep_in.name != "explicit")
+    rows = [torch.randn(40, rep_in.dim, dtype=torch.float64) for _ in branches]
+    structure = _Structure(branches[0])
+    assert structure.cols_in.sparse == (family != "dense-explicit")
+    for source in ("data", "weight"):
+        got = _norms(branches, rows, source, structure)
+        expected = torch.stack([dense_norms(b, r, source) for b, r in zip(branches, rows)])
+        assert got.shape == (3, 1 + rep_in.num_generators + rep_in.num_elements)
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+        probe = torch.rand_like(expected)
+        for b in branches:
+            g_got = torch.autograd.grad((got * probe).sum(), b.weight, retain_graph=True)[0]
+            g_exp = torch.autograd.grad((expected * probe).sum(), b.weight, retain_graph=True)[0]
+            assert torch.allclose(g_got, g_exp, rtol=1e-12, atol=1e-12)
+    # both placements of the maps (on the weight, on the rows) give the dense formula's values and gradients
+    w, x = torch.stack([b.weight for b in branches]), torch.stack(rows)
+    expected = torch.stack([dense_norms(b, r) for b, r in zip(branches, rows)])
+    for placed in (structure.stacked(w, x), structure.on_rows(w, x)):
+        assert torch.allclose(placed, expected, rtol=1e-12, atol=1e-12)
+        g_got = torch.autograd.grad(placed.sum(), branches[2].weight)[0]
+        g_exp = torch.autograd.grad(expected.sum(), branches[2].weight, retain_graph=True)[0]
+        assert torch.allclose(g_got, g_exp, rtol=1e-12, atol=1e-12)
+    # rows of unequal counts take the per-site path, with the same result
+    uneven = [rows[0], rows[1][:17], rows[2]]
+    got = _norms(branches, uneven, "data", structure)
+    assert torch.allclose(got[1], dense_norms(branches[1], uneven[1]), rtol=1e-12, atol=1e-12)
+
+
+def test_structured_regulariser_gathers_a_few_entries_per_row() -> None:
+    """No dense generator product: each map is a gather of at most 2l entries per row (irreps), two (VN), and
+    parity is used as ``E − I`` (odd rows only) while a permutation is used as itself (one entry per row)."""
+    from relaxcli.core.regularizers import _Structure
+
+    cases = [
+        (Rep.from_irreps("4x0e+4x1o+2x2e"), Rep.from_irreps("4x0e+4x1o+2x2e"), 4),
+        (Rep.vector_neurons(6), Rep.vector_neurons(2), 1),
+        (*_grid_like(2, 3), 1),
+    ]
+    for rep_in, rep_out, most in cases:
+        with default_dtype(torch.float64):
+            s = _Structure(DenseBranch(rep_in.dim, rep_out.dim, rep_in=rep_in, rep_out=rep_out))
+        assert s.cols_in.sparse and s.rows_out.sparse
+        assert s.cols_in.t <= most and s.rows_out.t <= most
 
 
 def test_regulariser_follows_the_model_to_another_dtype() -> None:
@@ -197,3 +242,23 @@ def test_regulariser_follows_the_model_to_another_dtype() -> None:
     relaxed(torch.randn(7, 8, dtype=torch.float64))
     double = reg(relaxed).total  # the cached sparse matrices are rebuilt for float64
     assert single.dtype == torch.float32 and double.dtype == torch.float64
+
+
+def test_amortised_regulariser_evaluates_every_kth_step_with_k_times_the_weight() -> None:
+    relaxed = relaxcli.relax(torch.nn.Sequential(o3.Linear("2x0e+2x1o", "2x0e+2x1o")), init_std=0.1)
+    relaxed.train()
+    x = torch.randn(50, 8)
+    relaxed(x)
+    every_step = Regularizer(weight=0.01, rows=None)(relaxed).total
+    reg = Regularizer(weight=0.01, rows=None, every=3)
+    totals = []
+    for _ in range(7):
+        relaxed(x)
+        r = reg(relaxed)
+        totals.append((r.evaluated, float(r.total.detach())))
+        assert all(not b.captured for b in relaxed.branches.values())  # released on skipped steps too
+    assert [e for e, _ in totals] == [True, False, False, True, False, False, True]
+    assert totals[0][1] == pytest.approx(3 * float(every_step.detach()), rel=1e-6)
+    assert all(t == 0.0 for e, t in totals if not e)
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        Regularizer(every=0)

@@ -69,7 +69,8 @@ def test_dump_load_round_trip(tmp_path: Path) -> None:
     text += "scheduler:\n  _component_: torch.optim.lr_scheduler.StepLR\n  step_size: 2\n"
     r = load_recipe(write(tmp_path, text), ["relax.exclude=[head.*]", "seed=7"])
     dumped = dump_recipe(r)
-    keys = ["name", "seed", "model", "data", "loss", "optimizer", "scheduler", "trainer", "relax", "symmetry"]
+    keys = ["name", "seed", "model", "data", "loss", "optimizer", "scheduler", "trainer", "collate", "forward"]
+    keys += ["relax", "symmetry"]
     assert list(r.to_dict()) == keys
     assert "  schedule: triangle\n" in dumped and "seed: 7\n" in dumped
     again = load_recipe(write(tmp_path, dumped, "resolved.yaml"))

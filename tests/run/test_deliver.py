@@ -123,7 +123,7 @@ def test_the_printed_line_says_what_was_tested(shifted_run: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "projected model is equivariant" in proc.stdout
-    assert "tested " + ALL_CASES.format(n=2, total=8) + ", 5 samples)" in proc.stdout, proc.stdout
+    assert "tested " + ALL_CASES.format(n=2, total=8) + ", 5 samples, in float64)" in proc.stdout, proc.stdout
     stored = json.loads(_read(shifted_run / "zero.projected.safetensors")[1]["equivariance"])
     assert stored["elements"] == {"rotation": 2, "rotation+translation": 2, "parity": 2, "parity+translation": 2}
     assert stored["samples"] == 5

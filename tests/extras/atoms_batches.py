@@ -1,0 +1,83 @@
+"""Helpers for the MACE and NequIP tests: hand-built graph batches in the layout of ``relaxcli.atoms.GraphCollate``,
+the atomistic symmetry spec, and the shipped recipes made tiny."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import relaxcli
+from relaxcli.core.reps import default_dtype
+
+RECIPES = Path(relaxcli.__file__).parent / "recipes"
+INPUTS_SPEC = {"positions": "cartesian_points", "shifts": "1x1o", "cell": "1x1o"}
+OUTPUT_SPEC = {"energy": "0e", "forces": "1x1o"}
+
+
+def structure(n: int, numbers: list[int], cutoff: float, seed: int) -> dict[str, torch.Tensor]:
+    """One cluster of ``n`` atoms (a jittered grid, at least ~1.9 Å apart) drawn from ``numbers`` (ascending atomic
+    numbers, the one-hot order), in the default dtype: every pair within ``cutoff`` is an edge."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3) * 2.5
+    positions = grid[torch.randperm(27, generator=g)[:n]] + 0.15 * torch.randn(n, 3, generator=g)
+    positions = (positions + 4 * torch.randn(1, 3, generator=g)).to(torch.get_default_dtype())
+    species = torch.randint(0, len(numbers), (n,), generator=g)
+    close = (torch.cdist(positions, positions) < cutoff) & ~torch.eye(n, dtype=torch.bool)
+    edge_index = close.nonzero().T.contiguous()
+    edges = edge_index.shape[1]
+    return {
+        "positions": positions,
+        "node_attrs": torch.nn.functional.one_hot(species, len(numbers)).to(positions.dtype),
+        "species": species,
+        "atomic_numbers": torch.tensor(numbers)[species],
+        "edge_index": edge_index,
+        "shifts": positions.new_zeros(edges, 3),
+        "unit_shifts": positions.new_zeros(edges, 3),
+        "cell": positions.new_zeros(3, 3),
+        "pbc": torch.zeros(3, dtype=torch.bool),
+    }
+
+
+def graph_batch(sizes: list[int], numbers: list[int], cutoff: float = 4.0) -> dict[str, torch.Tensor]:
+    """Structures of ``sizes`` atoms batched as ``GraphCollate`` does: node and edge tensors concatenated,
+    ``edge_index`` offset, ``cell`` and ``pbc`` stacked, ``batch`` and ``ptr`` added."""
+    items = [structure(n, numbers, cutoff, seed) for seed, n in enumerate(sizes)]
+    offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    batch = {k: torch.cat([it[k] for it in items]) for k in ("positions", "node_attrs", "species", "atomic_numbers")}
+    batch["edge_index"] = torch.cat([it["edge_index"] + o for it, o in zip(items, offsets)], dim=1)
+    batch.update({k: torch.cat([it[k] for it in items]) for k in ("shifts", "unit_shifts")})
+    batch.update({k: torch.stack([it[k] for it in items]) for k in ("cell", "pbc")})
+    batch["batch"] = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    batch["ptr"] = torch.tensor(offsets)
+    return batch
+
+
+def tiny_recipe(name: str, tmp_path: Path) -> Path:
+    """The shipped recipe ``name`` made tiny: one epoch of two steps on a few structures."""
+    data: dict[str, Any] = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+    data["data"].update(train=20, val=8, test=8)
+    data["trainer"].update(epochs=1, batch_size=10, eval_batch_size=8, log_every=1)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def load_float64(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """``build()`` in float64 with a float32 checkpoint loaded strictly, keeping its own float64 value of each buffer
+    that the checkpoint holds exactly as ``build()`` in float32 makes it: construction-time constants such as MACE's
+    symmetric-contraction ``U_matrix_*`` and Bessel frequencies, which would otherwise carry float32 round-off (~5e-12
+    relative) into the float64 model."""
+    made32 = dict(build().named_buffers())
+    with default_dtype(torch.float64):
+        model = build()
+    made64 = {k: v.clone() for k, v in model.named_buffers()}
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if buffer.is_floating_point() and name in state and torch.equal(state[name], made32[name]):
+                buffer.copy_(made64[name])
+    return model
