@@ -285,21 +285,26 @@ def act(x: Any, spec: Any, rotation: torch.Tensor, translation: torch.Tensor | N
         ValueError: a dict spec for an input that is not a dict, or naming a key the input lacks.
     """
     if _keyed(spec):
-        if not isinstance(x, Mapping):
-            raise ValueError(
-                f"a spec keyed by name ({', '.join(map(str, spec))}) for an input that is a "
-                f"{type(x).__name__}, not a dict"
-            )
-        missing = [k for k in spec if k not in x]
-        if missing:
-            raise ValueError(
-                f"the spec names {', '.join(map(repr, missing))}, which the input lacks; it has "
-                f"{', '.join(map(repr, x))}"
-            )
+        _check_keys(x, spec, "input")
         return {k: act(v, spec[k], rotation, translation) if k in spec else v for k, v in x.items()}
     if spec is None or not torch.is_tensor(x):
         return x
     return transform(x, spec, rotation, translation).to(x.dtype)
+
+
+def _check_keys(value: Any, spec: Mapping[str, Any], what: str) -> None:
+    """A spec keyed by name needs a dict ``value`` (an input or the output) holding every key it names."""
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"the {what} spec is keyed by name ({', '.join(map(str, spec))}) but the {what} is a "
+            f"{type(value).__name__}, not a dict"
+        )
+    missing = [k for k in spec if k not in value]
+    if missing:
+        raise ValueError(
+            f"the {what} spec names {', '.join(map(repr, missing))}, which the {what} lacks; it has "
+            f"{', '.join(map(repr, value))}"
+        )
 
 
 def _keyed(spec: Any) -> bool:
@@ -320,17 +325,7 @@ def _outputs(out: Any, spec: Any) -> tuple[tuple[torch.Tensor, ...], list[Any]]:
     """The outputs to compare and their specs: for a dict spec the named entries of a dict output (in the spec's
     order; a null spec compares the entry as invariant), otherwise every output (a tensor or a tuple)."""
     if _keyed(spec):
-        if not isinstance(out, Mapping):
-            raise ValueError(
-                f"the output spec is keyed by name ({', '.join(map(str, spec))}) but the function "
-                f"returned a {type(out).__name__}, not a dict"
-            )
-        missing = [k for k in spec if k not in out]
-        if missing:
-            raise ValueError(
-                f"the output spec names {', '.join(map(repr, missing))}, which the output lacks; it "
-                f"has {', '.join(map(repr, out))}"
-            )
+        _check_keys(out, spec, "output")
         outputs, specs = tuple(out[k] for k in spec), list(spec.values())
     else:
         outputs, specs = _as_tuple(out), list(spec) if isinstance(spec, (list, tuple)) else [spec]

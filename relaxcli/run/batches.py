@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -103,12 +104,18 @@ def call_args(
 def _takes_keywords(model: Any, inputs: dict[str, Any], kwargs: dict[str, Any]) -> bool:
     if model is None:
         return True
+    return _binds(type(_user_module(model)).forward, frozenset(inputs) | frozenset(kwargs))
+
+
+@functools.lru_cache(maxsize=256)
+def _binds(forward: Callable[..., Any], keys: frozenset[str]) -> bool:
+    """Whether ``forward(self, **{keys})`` binds: decided once per forward and key set, not on every step."""
     try:
-        signature = inspect.signature(_user_module(model).forward)
+        signature = inspect.signature(forward)
     except (TypeError, ValueError):
         return True
     try:
-        signature.bind(**inputs, **kwargs)
+        signature.bind(None, **dict.fromkeys(keys))
     except TypeError:
         return False
     return True
