@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up (once) and run the checks and the tests: ruff, mypy, pytest (what CI runs, through .ci/run).
 # Usage: ./test.sh [PYTEST ARGS ...]   e.g. ./test.sh tests/core -x
+#        The main suite runs in RELAX_TEST_WORKERS (default 2) pytest-xdist workers with one torch thread each
+#        (OMP_NUM_THREADS=1): on 2 cores, 10 min instead of 25. RELAX_TEST_WORKERS=0 runs it in this process.
 #        ./test.sh --escnn             the escnn tests, in their own environment (.venv-escnn, numpy<2)
 #        ./test.sh --mace | --nequip   the MACE / NequIP tests, each in its own environment (.venv-mace, .venv-nequip)
 set -euo pipefail
@@ -31,4 +33,4 @@ ensure_venv .venv dev
 ruff check .
 ruff format --check .
 mypy
-python -m pytest -q "$@"
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" python -m pytest -q -n "${RELAX_TEST_WORKERS:-2}" "$@"

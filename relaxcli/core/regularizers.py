@@ -6,7 +6,10 @@ For a branch ``W`` with detached input rows ``x`` (captured at its site during t
 - Lie derivative   ``L_k = mean_rows ‖(W dρ_in(A_k) − dρ_out(A_k) W) x‖``   for each Lie-algebra generator ``A_k``
 - discrete term    ``D_g = mean_rows ‖(W ρ_in(g) − ρ_out(g) W) x‖``          for each discrete generator ``g``
 
-``loss = task_loss + weight · Σ_sites (N + Σ_k L_k + Σ_g D_g)``. Because the inputs are detached, the gradient reaches
+``loss = task_loss + weight · Σ_sites (N + Σ_k L_k + Σ_g D_g)``. With ``reduce="rss"`` (the official SEGNN code's
+form) each term is instead a root of summed squares over all rows, sites and generators at once:
+``weight · (sqrt(Σ ‖W x‖²) + sqrt(Σ ‖(W A_k − A'_k W) x‖²) + sqrt(Σ ‖(W E_g − E'_g W) x‖²))``; both have the same
+minimiser. Because the inputs are detached, the gradient reaches
 the branches only. No product with a dense generator matrix is formed: each representation map is applied entry by
 entry from its few non-zero entries per row (:class:`_Structure`), and all terms of all sites that share their
 representations come from one batched product, of the rows with the stacked ``[W; W A_k − A'_k W]`` or of ``W`` with
@@ -32,6 +35,9 @@ from .branches import Branch
 
 if TYPE_CHECKING:
     from .graph import RelaxedModel
+
+#: How the row norms combine: averaged per site and summed over sites, or one root of summed squares per term.
+Reduce = Literal["mean", "rss"]
 
 __all__ = ["constraint_matrices", "site_terms", "SiteTerms", "Regularization", "Regularizer"]
 
@@ -142,18 +148,19 @@ class _Structure:
         a_w = self.rows_out(w)  # [g, m, o, i]: A'_k W
         return (w_a - a_w.transpose(2, 3)).transpose(1, 2)
 
-    def data(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``[g, 1 + m]`` per-row norms averaged over the rows, ``‖W x‖`` and ``‖(W A_k − A'_k W) x‖``, for weights
-        ``[g, o, i]`` and rows ``[g, R, i]``. Where the weight is larger than the rows (``R (i + o) < i o``) the maps
-        act on the rows, ``W (A_k x) − A'_k (W x)``, else on the weight (:meth:`stacked`): the same numbers, with
-        the smaller tensors moved around."""
+    def data(self, w: torch.Tensor, x: torch.Tensor, reduce: Reduce = "mean") -> torch.Tensor:
+        """``[g, 1 + m]`` per-row norms ``‖W x‖`` and ``‖(W A_k − A'_k W) x‖`` reduced over the rows (``"mean"``, or
+        ``"rss"``: the root of their summed squares), for weights ``[g, o, i]`` and rows ``[g, R, i]``. Where the
+        weight is larger than the rows (``R (i + o) < i o``) the maps act on the rows, ``W (A_k x) − A'_k (W x)``,
+        else on the weight (:meth:`stacked`): the same numbers, with the smaller tensors moved around."""
         o, i = w.shape[1:]
         if self.m and x.shape[1] * (i + o) < i * o:
-            return self.on_rows(w, x)
-        return self.stacked(w, x)
+            return _over_rows(self.on_rows(w, x), reduce)
+        return _over_rows(self.stacked(w, x), reduce)
 
     def on_rows(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`data` as ``W [x | A_1 x | ... | A_m x]`` (one product, ``W`` as it is) minus ``A'_k (W x)``."""
+        """The ``[g, 1 + m, R]`` row norms of :meth:`data`, as ``W [x | A_1 x | ... | A_m x]`` (one product, ``W`` as
+        it is) minus ``A'_k (W x)``."""
         g, o, i = w.shape
         r = x.shape[1]
         with torch.no_grad():  # the rows carry no gradient: [x | A_1 x | ... | A_m x] as [g, i, 1 + m, R]
@@ -164,17 +171,18 @@ class _Structure:
         y_all = torch.bmm(w, x_all.view(g, i, (1 + self.m) * r)).view(g, o, 1 + self.m, r)
         y = y_all[:, :, 0].contiguous()  # [g, o, R] = W x
         diff = y_all[:, :, 1:] - self.rows_out(y).transpose(1, 2)  # [g, o, m, R]
-        return torch.cat([_col_norm(y.unsqueeze(1), 2), _col_norm(diff, 1)], dim=1).mean(dim=2)
+        return torch.cat([_col_norm(y.unsqueeze(1), 2), _col_norm(diff, 1)], dim=1)
 
     def stacked(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`data` as one batched product of the rows with the stacked ``[W | C_1 | ... | C_m]ᵀ``."""
+        """The ``[g, 1 + m, R]`` row norms of :meth:`data`, as one batched product of the rows with the stacked
+        ``[W | C_1 | ... | C_m]ᵀ``."""
         g, o, i = w.shape
         parts = [w.transpose(1, 2).unsqueeze(2)]
         if self.m:
             parts.append(self.commutators(w))
         stacked = torch.cat(parts, dim=2).view(g, i, (1 + self.m) * o)
         y = torch.bmm(x, stacked).view(g, x.shape[1], 1 + self.m, o)
-        return _RowNorm.apply(y).mean(dim=1)
+        return _RowNorm.apply(y).transpose(1, 2)
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         """``[g, 1 + m]`` Frobenius norms ``‖W‖`` and ``‖W A_k − A'_k W‖`` (data-free), for weights ``[g, o, i]``."""
@@ -201,6 +209,17 @@ class _RowNorm(torch.autograd.Function):
         return v * scale.unsqueeze(-1)
 
 
+def _over_rows(norms: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """Row norms ``[..., R]`` reduced over the rows: their mean, or the root of their summed squares."""
+    return norms.mean(dim=-1) if reduce == "mean" else _root(norms.square().sum(dim=-1))
+
+
+def _root(sq: torch.Tensor) -> torch.Tensor:
+    """``sqrt`` with a zero gradient where the argument is 0 (a branch of zeros)."""
+    nonzero = sq > 0
+    return torch.where(nonzero, sq.where(nonzero, 1.0).sqrt(), 0.0)
+
+
 def _count(mat: torch.Tensor) -> int:
     return int(_entries(mat)[0].numel())
 
@@ -208,9 +227,7 @@ def _count(mat: torch.Tensor) -> int:
 def _col_norm(v: torch.Tensor, dim: int) -> torch.Tensor:
     """The norm over the middle axis ``dim`` as the root of a sum of squares (several times faster than
     ``vector_norm`` over a middle axis, forward and backward), with a zero gradient where the norm is 0."""
-    sq = (v * v).sum(dim=dim)
-    nonzero = sq > 0
-    return torch.where(nonzero, sq.where(nonzero, 1.0).sqrt(), 0.0)
+    return _root((v * v).sum(dim=dim))
 
 
 def _minus_identity(element: torch.Tensor) -> torch.Tensor:
@@ -225,7 +242,9 @@ def _rep_key(branch: Branch) -> tuple[Any, ...]:
     )
 
 
-def dense_norms(branch: Branch, rows: torch.Tensor | None, source: str = "data") -> torch.Tensor:
+def dense_norms(
+    branch: Branch, rows: torch.Tensor | None, source: str = "data", reduce: Reduce = "mean"
+) -> torch.Tensor:
     """The dense formula, for tests: ``[1 + K + G]`` norms from the full matrices ``W A_in − A_out W``."""
     w = branch.weight[None]
     lie, disc = constraint_matrices(
@@ -235,11 +254,16 @@ def dense_norms(branch: Branch, rows: torch.Tensor | None, source: str = "data")
     if source == "weight":
         return stacked.flatten(1).norm(dim=1)
     assert rows is not None
-    return torch.einsum("noi,ri->rno", stacked, rows).norm(dim=-1).mean(dim=0)
+    per_row = torch.einsum("noi,ri->rno", stacked, rows).norm(dim=-1)  # [R, n]
+    return per_row.mean(dim=0) if reduce == "mean" else per_row.square().sum(dim=0).sqrt()
 
 
 def _norms(
-    branches: list[Branch], rows: list[torch.Tensor] | None, source: str, structure: _Structure | None = None
+    branches: list[Branch],
+    rows: list[torch.Tensor] | None,
+    source: str,
+    structure: _Structure | None = None,
+    reduce: Reduce = "mean",
 ) -> torch.Tensor:
     """``[g, 1 + K + G]`` norms (projection, each generator, each element) for branches that share shape and
     representations, computed batched over the group: one stacked product instead of one per site."""
@@ -251,8 +275,8 @@ def _norms(
         return structure.weight(w)
     assert rows is not None
     if len({r.shape[0] for r in rows}) == 1:  # the common case: one batched product for the group
-        return structure.data(w, torch.stack(rows))
-    return torch.cat([structure.data(w[i : i + 1], r[None]) for i, r in enumerate(rows)])
+        return structure.data(w, torch.stack(rows), reduce)
+    return torch.cat([structure.data(w[i : i + 1], r[None], reduce) for i, r in enumerate(rows)])
 
 
 @dataclass
@@ -268,12 +292,15 @@ class SiteTerms:
         return self.projection + self.lie + self.discrete
 
 
-def site_terms(branch: Branch, rows: torch.Tensor | None, source: Literal["data", "weight"] = "data") -> SiteTerms:
-    """The three terms for one branch, from input ``rows`` ``[R, dim_in]`` (``source="data"``) or the weight alone."""
+def site_terms(
+    branch: Branch, rows: torch.Tensor | None, source: Literal["data", "weight"] = "data", reduce: Reduce = "mean"
+) -> SiteTerms:
+    """The three terms for one branch, from input ``rows`` ``[R, dim_in]`` (``source="data"``) or the weight alone;
+    over the rows, the mean of the row norms or (``reduce="rss"``) the root of their summed squares."""
     if source == "data" and (rows is None or rows.shape[0] == 0):
         zero = branch.weight.sum() * 0
         return SiteTerms(zero, zero, zero)
-    return _terms(_norms([branch], None if rows is None else [rows], source)[0], branch)
+    return _terms(_norms([branch], None if rows is None else [rows], source, reduce=reduce)[0], branch)
 
 
 def _terms(norms: torch.Tensor, branch: Branch) -> SiteTerms:
@@ -301,6 +328,7 @@ class Regularization:
     total: torch.Tensor
     groups: list[tuple[list[Any], torch.Tensor]] = field(default_factory=list)
     evaluated: bool = True  # False on the steps an amortised regulariser (every > 1) skips: total is 0
+    reduce: Reduce = "mean"  # how sites combine: summed, or ("rss") the root of their summed squares
 
     @property
     def sites(self) -> dict[str, SiteTerms]:
@@ -308,15 +336,25 @@ class Regularization:
         return {s.path: _terms(row, s.branch) for sites, norms in self.groups for s, row in zip(sites, norms)}
 
     def summary(self) -> dict[str, float]:
-        """Sum of each term over the sites, as floats (for logging)."""
-        out = {"projection": 0.0, "lie": 0.0, "discrete": 0.0}
-        for sites, norms in self.groups:
-            k = sites[0].branch.generators_in.shape[0]
-            n = norms.detach()
-            out["projection"] += float(n[:, 0].sum())
-            out["lie"] += float(n[:, 1 : 1 + k].sum())
-            out["discrete"] += float(n[:, 1 + k :].sum())
-        return out
+        """Each term over the sites (unweighted, as the total combines them), as floats (for logging)."""
+        return {name: float(value.detach()) for name, value in _combine(self.groups, self.reduce).items()}
+
+
+def _combine(groups: list[tuple[list[Any], torch.Tensor]], reduce: Reduce) -> dict[str, torch.Tensor]:
+    """Each term over all sites of the groups: the sum of the per-site norms, or for ``"rss"`` the root of the sum of
+    their squares (per-site norms that are themselves roots of sums over rows)."""
+    parts: dict[str, list[torch.Tensor]] = {"projection": [], "lie": [], "discrete": []}
+    for sites, norms in groups:
+        k = sites[0].branch.generators_in.shape[0]
+        for a, b, name in ((0, 1, "projection"), (1, 1 + k, "lie"), (1 + k, norms.shape[1], "discrete")):
+            if b > a:
+                parts[name].append(norms[:, a:b].sum() if reduce == "mean" else norms[:, a:b].square().sum())
+    return {
+        name: (torch.stack(values).sum() if reduce == "mean" else _root(torch.stack(values).sum()))
+        if values
+        else torch.zeros(())
+        for name, values in parts.items()
+    }
 
 
 class Regularizer:
@@ -326,6 +364,8 @@ class Regularizer:
         weight: λ, the regulariser weight (0.01 in the paper).
         projection, lie, discrete: which terms to include.
         source: ``"data"`` (norms of the mapped inputs, per row, averaged) or ``"weight"`` (Frobenius, data-free).
+        reduce: ``"mean"`` (each site's term is its mean row norm; the sites' terms are summed) or ``"rss"`` (the
+            official SEGNN code's form: each term is the root of the summed squares over all rows and sites).
         rows: at most this many input rows per site are used (a uniform random subset); None uses all.
         every: evaluate on every ``every``-th call only (the first, then every k-th), with weight ``every · weight``
             so that the expected penalty is unchanged; the calls in between cost nothing and return a total of 0.
@@ -340,12 +380,15 @@ class Regularizer:
         source: Literal["data", "weight"] = "data",
         rows: int | None = 256,
         every: int = 1,
+        reduce: Reduce = "mean",
     ) -> None:
         if source not in ("data", "weight"):
             raise ValueError(f"source must be 'data' or 'weight', got {source!r}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer (evaluate on every k-th step), got {every!r}")
-        self.weight, self.source, self.rows, self.every = weight, source, rows, every
+        if reduce not in ("mean", "rss"):
+            raise ValueError(f"reduce must be 'mean' or 'rss', got {reduce!r}")
+        self.weight, self.source, self.rows, self.every, self.reduce = weight, source, rows, every, reduce
         self.calls = 0  # calls so far: with every > 1, the calls with calls % every == 0 are evaluated
         self.use = {"projection": projection, "lie": lie, "discrete": discrete}
         self._groups_of: weakref.WeakKeyDictionary[RelaxedModel, list[list[Any]]] = weakref.WeakKeyDictionary()
@@ -358,9 +401,8 @@ class Regularizer:
         if skip:
             for site in relaxed.sites:
                 site.branch.captured.clear()
-            return Regularization(torch.zeros(()), [], evaluated=False)
+            return Regularization(torch.zeros(()), [], evaluated=False, reduce=self.reduce)
         results: list[tuple[list[Any], torch.Tensor]] = []
-        parts: list[torch.Tensor] = []
         for group in self._groups(relaxed):
             rows = None
             if self.source == "data":
@@ -374,13 +416,10 @@ class Regularizer:
             structure = self._structures.get(first)
             if structure is None or structure.key != _rep_key(first):
                 structure = self._structures[first] = _Structure(first)
-            norms = _norms([s.branch for s in group], rows, self.source, structure)
-            results.append((group, norms))
-            k = group[0].branch.generators_in.shape[0]
-            columns = [(0, 1, "projection"), (1, 1 + k, "lie"), (1 + k, norms.shape[1], "discrete")]
-            parts += [norms[:, a:b].sum() for a, b, name in columns if self.use[name] and b > a]
-        total = torch.stack(parts).sum() if parts else torch.zeros(())
-        return Regularization(self.weight * self.every * total, results)
+            results.append((group, _norms([s.branch for s in group], rows, self.source, structure, self.reduce)))
+        terms = _combine(results, self.reduce)
+        total = sum((value for name, value in terms.items() if self.use[name]), torch.zeros(()))
+        return Regularization(self.weight * self.every * total, results, reduce=self.reduce)
 
     def _groups(self, relaxed: RelaxedModel) -> list[list[Any]]:
         """Sites whose branches share shape and representations (computed once per relaxed model)."""

@@ -176,6 +176,8 @@ class RegularizerConfig:
     source: Literal["data", "weight"] = "data"
     rows: Annotated[Optional[int], Range(ge=1)] = 256  # max rows per site for data regularisers
     every: Annotated[int, Range(ge=1, cap=10**6)] = 1  # evaluate on every k-th step only, with weight k·λ
+    # over rows and sites: mean row norm per site, summed; or rss, one root of summed squares per term (official code)
+    reduce: Literal["mean", "rss"] = "mean"
 
 
 def _one_of(value: str, registry: Iterable[str]) -> str | None:

@@ -119,7 +119,7 @@ def build_relaxation(
     if relaxed is None:
         return NoRelaxation(model)
     r, t = recipe.relax.regularizer, recipe.relax.theta
-    regularizer = Regularizer(r.weight, r.projection, r.lie, r.discrete, r.source, r.rows, r.every)
+    regularizer = Regularizer(r.weight, r.projection, r.lie, r.discrete, r.source, r.rows, r.every, r.reduce)
     schedule = SCHEDULES[t.schedule].from_recipe(t.options(), total_steps, steps_per_epoch)
     return Relaxation(relaxed, regularizer, schedule)
 

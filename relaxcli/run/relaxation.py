@@ -36,6 +36,7 @@ class Relaxation:
 
     def __init__(self, relaxed: RelaxedModel, regularizer: Regularizer, schedule: Schedule) -> None:
         self.relaxed, self.regularizer, self.schedule = relaxed, regularizer, schedule
+        self.schedule_params: list[torch.Tensor] = []  # a learnt schedule's own variables, set by param_groups
         self._last: dict[str, float] = {}  # the terms of the latest evaluated step (regularizer.every > 1)
 
     @property
@@ -59,7 +60,7 @@ class Relaxation:
     def param_groups(self) -> Any:
         """What the optimiser trains: the model and branches; a learnt schedule's own variables (ACE's γ, u) in a
         group without weight decay, at the schedule's lr when it has one. Call once, after ``.to(device)``."""
-        extra = self.schedule.attach(self.relaxed)
+        extra = self.schedule_params = self.schedule.attach(self.relaxed)
         if not extra:
             return self.relaxed.parameters()
         ids = {id(p) for p in extra}
@@ -142,6 +143,7 @@ class NoRelaxation(Relaxation):
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.schedule_params: list[torch.Tensor] = []
 
     @property
     def net(self) -> nn.Module:

@@ -101,7 +101,10 @@ class Trainer:
         self.loss_fn = instantiate(recipe.loss)
         self.optimizer = instantiate(recipe.optimizer, self.relaxation.param_groups())
         check_components(recipe, self.loss_fn, self.optimizer)
-        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # trainer.grad_clip bounds the model's and the branches' gradient; a learnt schedule's γ (and u), whose
+        # gradient is the dual variable λ and grows until the constraint holds, is left out of the norm
+        learnt = {id(p) for p in self.relaxation.schedule_params}
+        self.clipped = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in learnt]
         self.scheduler = instantiate(recipe.scheduler, self.optimizer) if recipe.scheduler is not None else None
         if recipe.scheduler is not None:
             check_scheduler(recipe, self.optimizer, self.scheduler)  # a scheduler at all, and a trial run of it
@@ -210,7 +213,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.recipe.trainer.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.recipe.trainer.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.clipped, self.recipe.trainer.grad_clip)
         self.optimizer.step()
         self.relaxation.after_step(self.step)
         loss_value = float(data_loss.detach()) + record.get("penalty", 0.0)

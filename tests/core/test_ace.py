@@ -7,6 +7,9 @@ along z, as in the N-body variant), which only the ``field`` site can express, a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
 from e3nn import o3
@@ -162,3 +165,24 @@ def test_pi_dual_is_integral_plus_proportional_and_resumes_old_states() -> None:
         Ace(10, dual="adam")
     with pytest.raises(ValueError, match="nu must be in"):
         Ace(10, dual="pi", nu=1.0)
+
+
+def test_grad_clip_bounds_the_model_and_leaves_the_learnt_gamma_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nbody_recipe: Callable[..., Path]
+) -> None:
+    """``trainer.grad_clip`` scales the model's and the branches' gradient; γ's gradient (where the dual variable
+    λ lives, growing until the constraint holds) is not part of that norm and is not scaled with it."""
+    from relaxcli.recipe import load_recipe
+    from relaxcli.run.trainer import Trainer
+
+    monkeypatch.setenv("RELAX_CACHE", str(tmp_path / "cache"))
+    path = nbody_recipe(relax={"theta": {"schedule": "ace"}}, trainer={"grad_clip": 1e-6, "batch_size": 10})
+    trainer = Trainer(load_recipe(path), tmp_path / "run", progress=False)
+    gammas = trainer.relaxation.schedule_params
+    assert gammas and not any(g is p for g in gammas for p in trainer.clipped)
+    ace = trainer.relaxation.schedule
+    ace.lam.fill_(5.0)  # as if the dual ascent had run for a while: ∂L/∂γ_i includes λ_i = 5
+    trainer.dry_run()
+    clipped_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.clipped if p.grad is not None]))
+    assert float(clipped_norm) <= 1e-6 * (1 + 1e-4)
+    assert all(float(g.grad.abs()) > 1.0 for g in gammas)  # λ = 5 and a small task gradient: not clipped to 1e-6

@@ -1,5 +1,7 @@
 """The representations and the regulariser terms, on real e3nn and Vector-Neuron ops."""
 
+import math
+
 import pytest
 import torch
 from e3nn import o3
@@ -98,7 +100,7 @@ def test_vector_neuron_constraints() -> None:
     terms = site_terms(branch, branch.rows(x), "data")
     assert float(terms.lie.detach()) < 1e-12 * float(terms.projection.detach())
     lie, _ = intertwiner_residual(branch.weight, rep_in, rep_out)
-    assert float(lie.max()) < 1e-12
+    assert float(lie.detach().max()) < 1e-12
     assert intertwiner_dim(rep_in, rep_out) == layer.weight.numel()
     with torch.no_grad():
         branch.weight.normal_()
@@ -157,6 +159,40 @@ def test_grouped_regulariser_equals_the_sum_of_per_site_terms() -> None:
     assert len(Regularizer()._groups(relaxed)) < len(relaxed.sites)
 
 
+def test_rss_regulariser_is_the_official_root_of_summed_squares_over_rows_and_sites() -> None:
+    """``reduce="rss"``: ``λ (sqrt(Σ ‖W x‖²) + sqrt(Σ ‖(W A_k − A'_k W) x‖²) + sqrt(Σ ‖(W P − P' W) x‖²))``, the sums
+    over every row, site and generator at once (the official SEGNN code's form), computed here from dense matrices."""
+    from relaxcli.core.regularizers import constraint_matrices
+    from relaxcli.tasks import SEGNN
+
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        relaxed = relaxcli.relax(SEGNN("4x0e+4x1o", num_layers=2), init_std=0.1)
+    relaxed.set_theta(1.0)
+    relaxed.train()
+    inputs = (torch.randn(3, 5, 3).double(), torch.randn(3, 5, 3).double(), torch.ones(3, 5, 1).double())
+    relaxed(*inputs)
+    captured = {s.path: torch.cat([s.branch.rows(x) for x in s.branch.captured]) for s in relaxed.sites}
+    reg = Regularizer(weight=0.5, rows=None, reduce="rss")(relaxed)
+    squares = {"projection": 0.0, "lie": 0.0, "discrete": 0.0}
+    for s in relaxed.sites:
+        b, x = s.branch, captured[s.path]
+        w = b.weight.detach()
+        lie, disc = constraint_matrices(w, b.generators_in, b.generators_out, b.elements_in, b.elements_out)
+        squares["projection"] += float((x @ w.T).square().sum())
+        squares["lie"] += float(torch.einsum("koi,ri->rko", lie, x).square().sum())
+        squares["discrete"] += float(torch.einsum("goi,ri->rgo", disc, x).square().sum())
+    roots = {name: math.sqrt(value) for name, value in squares.items()}
+    assert reg.summary() == pytest.approx(roots, rel=1e-12)
+    assert float(reg.total.detach()) == pytest.approx(0.5 * sum(roots.values()), rel=1e-12)
+    # it grows with the batch (a root of a sum), unlike the mean: repeating the batch multiplies it by sqrt(2)
+    relaxed(*(torch.cat([a, a]) for a in inputs))
+    doubled = Regularizer(weight=0.5, rows=None, reduce="rss")(relaxed)
+    assert float(doubled.total.detach()) == pytest.approx(math.sqrt(2) * float(reg.total.detach()), rel=1e-10)
+    with pytest.raises(ValueError, match="reduce must be 'mean' or 'rss', got 'sum'"):
+        Regularizer(reduce="sum")  # type: ignore[arg-type]
+
+
 def _cyclic(n: int, shift: int = 1) -> torch.Tensor:
     return torch.roll(torch.eye(n, dtype=torch.float64), shift, dims=0)
 
@@ -191,9 +227,9 @@ def test_structured_regulariser_equals_the_dense_formula(family: str) -> None:
     rows = [torch.randn(40, rep_in.dim, dtype=torch.float64) for _ in branches]
     structure = _Structure(branches[0])
     assert structure.cols_in.sparse == (family != "dense-explicit")
-    for source in ("data", "weight"):
-        got = _norms(branches, rows, source, structure)
-        expected = torch.stack([dense_norms(b, r, source) for b, r in zip(branches, rows)])
+    for source, reduce in (("data", "mean"), ("data", "rss"), ("weight", "mean")):
+        got = _norms(branches, rows, source, structure, reduce)
+        expected = torch.stack([dense_norms(b, r, source, reduce) for b, r in zip(branches, rows)])
         assert got.shape == (3, 1 + rep_in.num_generators + rep_in.num_elements)
         assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
         probe = torch.rand_like(expected)
@@ -204,7 +240,7 @@ def test_structured_regulariser_equals_the_dense_formula(family: str) -> None:
     # both placements of the maps (on the weight, on the rows) give the dense formula's values and gradients
     w, x = torch.stack([b.weight for b in branches]), torch.stack(rows)
     expected = torch.stack([dense_norms(b, r) for b, r in zip(branches, rows)])
-    for placed in (structure.stacked(w, x), structure.on_rows(w, x)):
+    for placed in (structure.stacked(w, x).mean(dim=-1), structure.on_rows(w, x).mean(dim=-1)):
         assert torch.allclose(placed, expected, rtol=1e-12, atol=1e-12)
         g_got = torch.autograd.grad(placed.sum(), branches[2].weight)[0]
         g_exp = torch.autograd.grad(expected.sum(), branches[2].weight, retain_graph=True)[0]
