@@ -9,12 +9,19 @@ from typing import Any
 import yaml
 
 from .problems import Problems, show
-from .yaml_io import Loader
+from .yaml_io import Loader, preset_hint
 
 __all__ = ["apply_overrides"]
 
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: A bare ``@preset`` as the whole value or as an item of a flow list, which YAML cannot read unquoted.
+_PRESET_RE = re.compile(r"(^\s*|[\[,]\s*)(@[A-Za-z_][A-Za-z0-9_]*)(?=\s*(?:[\],]|$))")
+
+
+def _quote_presets(raw: str) -> str:
+    """``[@node_update, "*.mlp"]`` -> ``["@node_update", "*.mlp"]``: on a command line, presets need no quotes."""
+    return _PRESET_RE.sub(lambda m: f'{m.group(1)}"{m.group(2)}"', raw)
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str], ctx: Problems) -> None:
@@ -36,9 +43,10 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], ctx: Problem
             bad(f"invalid key {key!r}{extra}")
             continue
         try:
-            value = yaml.load(raw, Loader=Loader) if raw.strip() else None
+            value = yaml.load(_quote_presets(raw), Loader=Loader) if raw.strip() else None
         except yaml.YAMLError as exc:
-            bad(f"invalid YAML value: {getattr(exc, 'problem', None) or exc}")
+            problem = str(getattr(exc, "problem", None) or exc)
+            bad(f"invalid YAML value: {problem}{preset_hint(problem)}")
             continue
         node: Any = data
         for i, part in enumerate(parts[:-1]):

@@ -179,12 +179,19 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int], list[tu
         detail = exc.problem or "parse error"
         if exc.context:
             detail += f" ({exc.context})"
-        raise RecipeError([f"{where}: invalid YAML: {detail}"], source) from None
+        raise RecipeError([f"{where}: invalid YAML: {detail}{preset_hint(detail)}"], source) from None
     except yaml.YAMLError as exc:
         raise RecipeError([f"{source}: invalid YAML: {exc}"], source) from None
     dupes: list[tuple[KeyPath, str]] = []
     lines = _line_map(node, dupes) if node is not None else {}
     return data, lines, dupes
+
+
+def preset_hint(problem: str) -> str:
+    """A hint for YAML's complaint about an unquoted ``@preset`` (``@`` cannot start a plain YAML value)."""
+    if "found character '@'" not in problem:
+        return ""
+    return '; a preset in relax.include is a string that YAML needs quoted: include: ["@node_update"]'
 
 
 def dump_yaml(data: Any) -> str:

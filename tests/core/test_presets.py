@@ -15,6 +15,7 @@ import relaxcli
 from relaxcli import RelaxError
 from relaxcli.core.graph import _LeafTracer, find_sites
 from relaxcli.core.presets import site_roles
+from relaxcli.errors import RecipeError
 from relaxcli.recipe import load_recipe
 from relaxcli.tasks import SEGNN
 
@@ -108,3 +109,13 @@ def test_unknown_preset_and_untraceable_model_are_clear_errors(tmp_path: Path) -
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(Exception, match=r"relax\.include\[0\].*did you mean '@node_update'"):
         load_recipe(path)
+
+
+def test_presets_need_no_quotes_in_an_override_and_a_file_says_how_to_quote_them(tmp_path: Path) -> None:
+    path = RECIPES / "nbody_relaxed.yaml"
+    assert load_recipe(path, ["relax.include=[@node_update]"]).relax.include == ["@node_update"]
+    assert load_recipe(path, ['relax.include=[@messages, "*.update"]']).relax.include == ["@messages", "*.update"]
+    text = path.read_text().replace("relax:\n", "relax:\n  include: [@node_update]\n", 1)
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(RecipeError, match=r'r\.yaml:\d+: invalid YAML: .*quoted: include: \["@node_update"\]'):
+        load_recipe(tmp_path / "r.yaml")
