@@ -3,7 +3,8 @@
 For each model two copies with identical initial weights are trained on the same fixed batch:
 
 - **standard**: forward, task loss, backward, Adam step over the user's parameters;
-- **relaxed**: ``relaxcli.relax(model)`` with θ from a ``triangle`` schedule, loss = task loss +
+- **relaxed**: ``relaxcli.relax(model)`` with θ from a ``triangle`` schedule (``--schedule ace|ace_elastic``: learnt
+  γ, its penalty and the dual update after each step, as ``relax train`` does), loss = task loss +
   ``Regularizer(weight=0.01)(relaxed).total``, backward, Adam step over the user's and the branches' parameters.
 
 The two are timed **interleaved** in an ABBA pattern (A B B A A B ...), one optimiser step at a time, after a warm-up,
@@ -291,18 +292,23 @@ class Runner:
         fuse: bool = True,
         every: int = 1,
         regularize: bool = True,
+        schedule: str = "triangle",
     ) -> None:
         self.case, self.device, self.is_relaxed, self.regularize = case, device, relaxed, regularize
         self.step_index = 0
         if relaxed:
             adapters = case.adapters() if case.adapters is not None else None
             self.net: nn.Module = relaxcli.relax(model, fuse=fuse, include=case.include, adapters=adapters)
-            self.schedule = relaxcli.make_schedule("triangle", total_steps=total_steps, theta_max=1.0)
+            options = {"theta_max": 1.0} if schedule == "triangle" else {}
+            self.schedule = relaxcli.make_schedule(schedule, total_steps=total_steps, **options)
             self.reg = relaxcli.Regularizer(weight=0.01, rows=rows, source=source, every=every)  # type: ignore[arg-type]
         else:
             self.net = model
         self.net.to(device).train()
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        learnt = self.schedule.attach(self.net) if relaxed else []  # ACE's γ (and u): trained, as in relax train
+        ids = {id(t) for t in learnt}
+        groups = [{"params": [q for q in self.net.parameters() if id(q) not in ids]}]
+        self.opt = torch.optim.Adam(groups + ([{"params": learnt}] if learnt else []), lr=lr)
         self.phase: dict[str, list[float]] = {"forward": [], "regularizer": [], "backward": [], "optimizer": []}
 
     def step(self, phases: bool = False) -> float:
@@ -319,6 +325,8 @@ class Runner:
             t1 = time.perf_counter()
         if self.is_relaxed and self.regularize:
             loss = loss + self.reg(self.net).total
+        if self.is_relaxed and (penalty := self.schedule.penalty(self.net)) is not None:
+            loss = loss + penalty
         if phases:
             _sync(dev)
             t2 = time.perf_counter()
@@ -328,6 +336,8 @@ class Runner:
             t3 = time.perf_counter()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.is_relaxed:
+            self.schedule.after_step(self.net, self.step_index % self.schedule.total_steps)
         _sync(dev)
         t4 = time.perf_counter()
         if phases:
@@ -389,6 +399,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
         fuse=not args.no_fuse,
         every=args.every,
         regularize=not args.no_regularizer,
+        schedule=args.schedule,
     )
     relaxed = b.net
     assert isinstance(relaxed, relaxcli.RelaxedModel)
@@ -461,6 +472,8 @@ def _probe_args(args: argparse.Namespace) -> list[str]:
         str(args.seed),
         "--every",
         str(args.every),
+        "--schedule",
+        args.schedule,
         "--source",
         args.source,
     ]
@@ -494,7 +507,7 @@ def run_probe(name: str, variant: str, args: argparse.Namespace, device: torch.d
     torch.manual_seed(args.seed)
     r = Runner(
         case, case.build(), variant == "relaxed", 100, args.rows, args.source, device,
-        fuse=not args.no_fuse, every=args.every, regularize=not args.no_regularizer,
+        fuse=not args.no_fuse, every=args.every, regularize=not args.no_regularizer, schedule=args.schedule,
     )  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -605,6 +618,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: leave the allocator alone",
     )
     p.add_argument("--every", type=int, default=1, help="Regularizer every= (amortised regulariser; default 1)")
+    p.add_argument(
+        "--schedule",
+        default="triangle",
+        choices=["triangle", "ace", "ace_elastic"],
+        help="θ schedule of the relaxed variant (default triangle; ace, ace_elastic also train γ and the duals)",
+    )
     p.add_argument("--no-regularizer", action="store_true", help="relaxed step without the regulariser (branches only)")
     p.add_argument("--memory", action="store_true", help="also measure peak memory, each variant in a fresh process")
     p.add_argument("--memory-only", action="store_true", help="measure peak memory only (no timing)")
@@ -652,13 +671,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "malloc": malloc,
         "load_average_at_start": os.getloadavg(),
         "every": args.every,
+        "schedule": args.schedule,
         "regularizer": not args.no_regularizer,
     }
     for k in ("command", "torch", "threads", "cpu", "device", "malloc", "date", "load_average_at_start"):
         print(f"# {k}: {header[k]}")
     rows_note = " (unused by source=weight)" if args.source == "weight" else ""
     print(
-        f"# regularizer: weight=0.01 rows={args.rows}{rows_note} source={args.source}; schedule: triangle; "
+        f"# regularizer: weight=0.01 rows={args.rows}{rows_note} source={args.source}; schedule: {args.schedule}; "
         f"optimiser: Adam; op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}"
         f"{'; every=' + str(args.every) if args.every > 1 else ''}{'; NO regulariser' if args.no_regularizer else ''}"
     )
