@@ -239,6 +239,21 @@ def _comparable(recipe: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _with_defaults(found: Mapping[str, Any]) -> Any:
+    """A run's stored recipe with the keys a later relax added filled in with their defaults (which keep the old
+    behaviour), so that an upgrade alone does not make a finished run look different; as stored if it does not
+    validate here (trust is not extended to a file: a component off the allowlist leaves it as stored)."""
+    import yaml
+
+    from ..recipe import dump_recipe
+    from ..recipe.validate import recipe_from_dict
+
+    try:
+        return yaml.safe_load(dump_recipe(recipe_from_dict(found, "recipe.yaml", trust=False)))
+    except RelaxError:
+        return found
+
+
 def _check_same_recipe(spec: RunSpec, expected: Mapping[str, Any]) -> None:
     import yaml
 
@@ -246,7 +261,7 @@ def _check_same_recipe(spec: RunSpec, expected: Mapping[str, Any]) -> None:
         found = yaml.safe_load((spec.path / "recipe.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise RelaxError(f"cannot read {spec.path / 'recipe.yaml'} ({e}); move {spec.path} out of the way") from None
-    a, b = _comparable(found if isinstance(found, Mapping) else {}), _comparable(expected)
+    a, b = _comparable(_with_defaults(found) if isinstance(found, Mapping) else {}), _comparable(expected)
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     if differ:
         shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in differ[:4])

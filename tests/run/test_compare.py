@@ -20,7 +20,9 @@ from relaxcli.errors import RecipeError
 from relaxcli.run.compare import (
     RECIPE,
     STANDARD,
+    RunSpec,
     Variant,
+    _check_same_recipe,
     parse_variant,
     plan,
     report,
@@ -153,3 +155,26 @@ def test_compare_is_killed_then_resumed_and_its_table_is_the_runs_own(
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
     recipes = {(runs / n / "recipe.yaml").read_text().split("seed:")[1].split()[0] for n in names}
     assert recipes == {"0", "1"}
+
+
+def test_a_run_from_before_a_new_recipe_key_is_still_the_same_run(
+    tmp_path: Path, nbody_recipe: Callable[..., Path]
+) -> None:
+    """A finished run's recipe.yaml that lacks a key a later relax added (at a default that keeps the old behaviour)
+    is the same recipe; a key that differs is named."""
+    import yaml
+
+    from relaxcli.errors import RelaxError
+    from relaxcli.recipe import dump_recipe, load_recipe
+
+    expected = yaml.safe_load(dump_recipe(load_recipe(nbody_recipe())))
+    old = yaml.safe_load(dump_recipe(load_recipe(nbody_recipe())))
+    del old["relax"]["regularizer"]["reduce"]  # written before relax.regularizer.reduce existed
+    spec = RunSpec(RECIPE, 0, tmp_path / "runs" / "recipe-seed0")
+    spec.path.mkdir(parents=True)
+    (spec.path / "recipe.yaml").write_text(yaml.safe_dump(old))
+    _check_same_recipe(spec, expected)  # no error: the missing key is at its default
+    old["relax"]["regularizer"]["weight"] = 0.5
+    (spec.path / "recipe.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(RelaxError, match=r"relax\.regularizer\.weight: 0\.5 there, 0\.01 now"):
+        _check_same_recipe(spec, expected)
