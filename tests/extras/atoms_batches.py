@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import load_file
 
 import relaxcli
 from relaxcli.core.reps import default_dtype
@@ -81,3 +82,20 @@ def load_float64(build: Callable[[], torch.nn.Module], state: dict[str, torch.Te
             if buffer.is_floating_point() and name in state and torch.equal(state[name], made32[name]):
                 buffer.copy_(made64[name])
     return model
+
+
+def train_project_inspect(
+    name: str, factory: str, sites: list[str], scalar_sites: list[str], tmp_path: Path, relax_cli: Callable[..., Any]
+) -> dict[str, torch.Tensor]:
+    """The shipped recipe ``name``, made tiny, through ``relax train``, ``project`` and ``inspect`` (real processes):
+    the run names the relaxed and the skipped (``0e -> 0e``) sites, the projection passes its check, and inspect
+    names the recipe's model ``factory``. Returns the projected file's tensors."""
+    trained = relax_cli("train", tiny_recipe(name, tmp_path), "--run-dir", "run", cwd=tmp_path)
+    skipped = f"skipped {len(scalar_sites)} sites ({', '.join(scalar_sites)}): maps invariants to invariants"
+    said = trained.stdout + trained.stderr
+    assert f"relaxed {len(sites)} sites" in said and skipped in said  # 0e -> 0e: no branch, with the reason
+    proc = relax_cli("project", "run/checkpoints/best.safetensors", "-o", "projected.safetensors", cwd=tmp_path)
+    assert "projected model is equivariant" in proc.stdout + proc.stderr
+    inspected = relax_cli("inspect", "projected.safetensors", "--json", cwd=tmp_path)
+    assert f'"model": "{factory}"' in inspected.stdout
+    return load_file(tmp_path / "projected.safetensors")

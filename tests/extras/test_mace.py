@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from atoms_batches import INPUTS_SPEC, OUTPUT_SPEC, graph_batch, load_float64, tiny_recipe  # tests/extras, on the path
-from safetensors.torch import load_file
+from atoms_batches import INPUTS_SPEC, OUTPUT_SPEC, graph_batch, load_float64, train_project_inspect  # tests/extras
 
 import relaxcli
 from relaxcli.core.reps import default_dtype
@@ -102,19 +101,11 @@ def test_zero_branches_change_nothing_random_ones_break_it_projection_restores_i
 
 
 def test_train_project_inspect_the_mace_recipe(tmp_path: Path, relax_cli: Callable[..., Any]) -> None:
-    recipe = tiny_recipe("atoms_mace", tmp_path)
-    trained = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
-    skipped = f"skipped {len(SCALAR_SITES)} sites ({', '.join(SCALAR_SITES)}): maps invariants to invariants"
-    said = trained.stdout + trained.stderr
-    assert f"relaxed {len(SITES)} sites" in said and skipped in said  # 0e -> 0e: no branch, with the reason
-    proc = relax_cli("project", "run/checkpoints/best.safetensors", "-o", "mace.safetensors", cwd=tmp_path)
-    assert "projected model is equivariant" in proc.stdout + proc.stderr
-    inspected = relax_cli("inspect", "mace.safetensors", "--json", cwd=tmp_path)
-    assert '"model": "relaxcli.tasks.atoms_extras.mace_model"' in inspected.stdout
-
+    state = train_project_inspect(
+        "atoms_mace", "relaxcli.tasks.atoms_extras.mace_model", SITES, SCALAR_SITES, tmp_path, relax_cli
+    )
     # the projected file loads strictly into the recipe's model: in float64 energies are invariant and forces
     # equivariant to 1e-12; in float32 to round-off (~5e-7 eV/Å on forces of ~0.1 eV/Å after two steps)
-    state = load_file(tmp_path / "mace.safetensors")
     kwargs = dict(elements=["Cu"], r_max=4.0, avg_num_neighbors=6.7, scale=1.1, shift=0.1)  # the recipe's model
     model = mace_model(**kwargs)
     model.load_state_dict(state, strict=True)

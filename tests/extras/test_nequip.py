@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from atoms_batches import INPUTS_SPEC, OUTPUT_SPEC, graph_batch, load_float64, tiny_recipe  # tests/extras, on the path
-from safetensors.torch import load_file
+from atoms_batches import INPUTS_SPEC, OUTPUT_SPEC, graph_batch, load_float64, train_project_inspect  # tests/extras
 
 import relaxcli
 from relaxcli.core.reps import default_dtype
@@ -104,19 +103,11 @@ def test_zero_branches_change_nothing_random_ones_break_it_projection_restores_i
 
 
 def test_train_project_inspect_the_nequip_recipe(tmp_path: Path, relax_cli: Callable[..., Any]) -> None:
-    recipe = tiny_recipe("atoms_nequip", tmp_path)
-    trained = relax_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
-    skipped = f"skipped {len(SCALAR_SITES)} sites ({', '.join(SCALAR_SITES)}): maps invariants to invariants"
-    said = trained.stdout + trained.stderr
-    assert f"relaxed {len(SITES)} sites" in said and skipped in said  # 0e -> 0e: no branch, with the reason
-    proc = relax_cli("project", "run/checkpoints/best.safetensors", "-o", "nequip.safetensors", cwd=tmp_path)
-    assert "projected model is equivariant" in proc.stdout + proc.stderr
-    inspected = relax_cli("inspect", "nequip.safetensors", "--json", cwd=tmp_path)
-    assert '"model": "relaxcli.tasks.atoms_extras.nequip_model"' in inspected.stdout
-
+    state = train_project_inspect(
+        "atoms_nequip", "relaxcli.tasks.atoms_extras.nequip_model", SITES, SCALAR_SITES, tmp_path, relax_cli
+    )
     # the projected file loads strictly into the recipe's model: in float64 energies are invariant and forces
     # equivariant to 1e-12; in float32 to round-off (~5e-7 eV/Å on forces of ~0.1 eV/Å after two steps)
-    state = load_file(tmp_path / "nequip.safetensors")
     kwargs = dict(elements=["Cu"], r_max=4.0, avg_num_neighbors=6.7, per_type_energy_scales=1.1)  # the recipe's
     model = nequip_model(**kwargs)
     model.load_state_dict(state, strict=True)
