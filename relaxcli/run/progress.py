@@ -1,5 +1,6 @@
-"""What ``relax train`` shows while it trains, on stderr: the step, the epoch of all epochs, the training loss, θ (and
-a learnt schedule's means) and the last validation of the projected model.
+"""What ``relax train`` shows while it trains, on stderr: the step, the epoch of all epochs, the training task loss
+(with the total that is minimised, regularisers and a learnt schedule's penalty included, in parentheses when it
+differs), θ (and a learnt schedule's means) and the last validation of the projected model.
 
 Three modes: ``live`` (a rich progress bar, on a terminal), ``plain`` (one log line every ``log_every`` steps and
 after every evaluation: for CI, ``nohup`` and cluster logs) and ``off``.
@@ -30,6 +31,7 @@ class Progress:
         self.console = console  # a rich Console for the live bar (default: stderr)
         self.bar: Any = None
         self.loss: float | None = None
+        self.minimised: float | None = None
         self._shown_eval: Any = None
 
     def __enter__(self) -> Progress:
@@ -47,16 +49,21 @@ class Progress:
         parts = [f"epoch {min(epoch, self.epochs)}/{self.epochs}"]
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4g}")
+            if self.minimised is not None and f"{self.minimised:.3g}" != f"{self.loss:.3g}":
+                parts[-1] += f" (total {self.minimised:.3g})"
         parts += [f"{symbol(k)} {v:.3g}" for k, v in trainer.relaxation.summary().items()]
         if trainer.last_eval is not None:
             parts.append(f"val(θ=0) {trainer.last_eval[0]:.4g}")
         return "  ".join(parts)
 
-    def update(self, trainer: Any, loss: float | None = None, epoch: int | None = None) -> None:
-        """Show ``trainer``'s state; ``loss`` is the mean training loss since the last update (kept until the
-        next one), ``epoch`` the 1-based epoch shown (default: the one in progress)."""
+    def update(
+        self, trainer: Any, loss: float | None = None, epoch: int | None = None, total: float | None = None
+    ) -> None:
+        """Show ``trainer``'s state; ``loss`` is the mean training task loss since the last update and ``total``
+        the mean of what is minimised (both kept until the next update), ``epoch`` the 1-based epoch shown
+        (default: the one in progress)."""
         if loss is not None:
-            self.loss = loss
+            self.loss, self.minimised = loss, total
         info = self._info(trainer, trainer.epoch + 1 if epoch is None else epoch)
         if self.bar is not None:
             self.bar.update(self.task, completed=trainer.step, info=info)

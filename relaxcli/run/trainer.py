@@ -190,7 +190,7 @@ class Trainer:
                         "time": round(time.time() - self._start_time, 3),
                     }
                 )
-                progress.update(self, mean["loss"])
+                progress.update(self, mean["task"], total=mean["loss"])
                 window, count = {}, 0
 
     def train_step(self, batch: Any, size: int, global_size: int | None = None) -> dict[str, float]:
