@@ -412,14 +412,34 @@ class Regularizer:
                     s.branch.captured.clear()
             if not group:
                 continue
-            first = group[0].branch
-            structure = self._structures.get(first)
-            if structure is None or structure.key != _rep_key(first):
-                structure = self._structures[first] = _Structure(first)
+            structure = self._structure(group[0].branch)
             results.append((group, _norms([s.branch for s in group], rows, self.source, structure, self.reduce)))
         terms = _combine(results, self.reduce)
         total = sum((value for name, value in terms.items() if self.use[name]), torch.zeros(()))
         return Regularization(self.weight * self.every * total, results, reduce=self.reduce)
+
+    def weight_terms(self, relaxed: RelaxedModel) -> dict[str, SiteTerms]:
+        """The data-free (Frobenius) terms of every site, by site path, batched over groups of alike sites like a
+        regulariser evaluation (for logs and checkpoints: far cheaper than :func:`site_terms` site by site). Leaves
+        the captured inputs and the ``every`` count alone.
+
+        Example:
+            >>> terms = Regularizer().weight_terms(relaxed)
+            >>> float(terms["layers.0.linear"].lie)
+            0.0123
+        """
+        out: dict[str, SiteTerms] = {}
+        for group in self._groups(relaxed):
+            norms = _norms([s.branch for s in group], None, "weight", self._structure(group[0].branch))
+            out.update({s.path: _terms(n, s.branch) for s, n in zip(group, norms)})
+        return out
+
+    def _structure(self, first: Branch) -> _Structure:
+        """The structured representation maps of ``first``'s group, built once (again if its reps change)."""
+        structure = self._structures.get(first)
+        if structure is None or structure.key != _rep_key(first):
+            structure = self._structures[first] = _Structure(first)
+        return structure
 
     def _groups(self, relaxed: RelaxedModel) -> list[list[Any]]:
         """Sites whose branches share shape and representations (computed once per relaxed model)."""

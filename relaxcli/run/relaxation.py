@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..core.graph import RelaxedModel, Site
-from ..core.regularizers import Regularizer, site_terms
+from ..core.regularizers import Regularizer
 from ..core.schedules import Schedule
 
 __all__ = ["Relaxation", "NoRelaxation"]
@@ -110,8 +110,9 @@ class Relaxation:
         out = {}
         with torch.no_grad():
             extra = self.schedule.site_state(self.relaxed)
+            terms = self.regularizer.weight_terms(self.relaxed)
             for s in self.relaxed.sites:
-                t = site_terms(s.branch, None, "weight")
+                t = terms[s.path]
                 out[s.path] = {
                     "theta": float(s.branch.theta),
                     "weight_norm": float(t.projection),

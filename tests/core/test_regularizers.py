@@ -157,6 +157,13 @@ def test_grouped_regulariser_equals_the_sum_of_per_site_terms() -> None:
         assert sum(reg.summary().values()) == pytest.approx(expected, rel=1e-5)
     # message1 of both layers (and the other repeated layers) share one batched group
     assert len(Regularizer()._groups(relaxed)) < len(relaxed.sites)
+    # the batched data-free terms of every site (logs, checkpoints) equal the per-site ones
+    batched = Regularizer().weight_terms(relaxed)
+    assert sorted(batched) == sorted(s.path for s in relaxed.sites)
+    for s in relaxed.sites:
+        one = site_terms(s.branch, None, "weight")
+        for name in ("projection", "lie", "discrete"):
+            assert float(getattr(batched[s.path], name)) == pytest.approx(float(getattr(one, name)), rel=1e-5)
 
 
 def test_rss_regulariser_is_the_official_root_of_summed_squares_over_rows_and_sites() -> None:
