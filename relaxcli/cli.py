@@ -252,7 +252,7 @@ def _announce(trainer: Any) -> Any:
             f"{trainer.dist.world} processes and is skipped",
             highlight=False,
         )
-    _warn_if_not_equivariant(trainer)
+    _warn(trainer)
     r = trainer.relaxed
     if r is None:
         err.print("standard training (relax.enabled is false)", highlight=False)
@@ -273,13 +273,18 @@ def _announce(trainer: Any) -> Any:
     return trainer
 
 
-def _warn_if_not_equivariant(trainer: Any) -> None:
-    """A standard run of a model that is not equivariant trains (a baseline, say), with a warning."""
+def _warn(trainer: Any) -> None:
+    """Warnings before training: a standard run of a model that is not equivariant trains (a baseline, say); a
+    learnt γ that the optimiser cannot bring to 0 within the run."""
     from .run.symmetry import unrelaxed_problem
 
-    problem = unrelaxed_problem(trainer.recipe, trainer.symmetry_check)
-    if problem is not None:
-        err.print(f"warning: {problem}", highlight=False, markup=False)
+    problems = [
+        unrelaxed_problem(trainer.recipe, trainer.symmetry_check),
+        trainer.relaxation.gamma_budget_problem(trainer.optimizer, trainer.total_steps),
+    ]
+    for problem in problems:
+        if problem is not None:
+            err.print(f"warning: {problem}", highlight=False, markup=False)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -319,7 +324,7 @@ def _dry_run(rec: Any) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(rec, Path(tmp), progress=False)
-        _warn_if_not_equivariant(trainer)
+        _warn(trainer)
         step, _ = trainer.dry_run()
         out.print(
             f"{rec.name}: one training step ok: loss {step['loss']:.4g} (task {step['task']:.4g}); "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -186,3 +187,25 @@ def test_grad_clip_bounds_the_model_and_leaves_the_learnt_gamma_alone(
     clipped_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.clipped if p.grad is not None]))
     assert float(clipped_norm) <= 1e-6 * (1 + 1e-4)
     assert all(float(g.grad.abs()) > 1.0 for g in gammas)  # λ = 5 and a small task gradient: not clipped to 1e-6
+
+
+def test_a_gamma_that_adam_cannot_bring_to_zero_in_time_is_warned_about(
+    tmp_path: Path, relax_cli: Callable[..., Any], nbody_recipe: Callable[..., Path]
+) -> None:
+    """Under Adam γ moves by about its lr per step at most: from γ = 1 at lr 3e-3 it needs ~333 steps, and the
+    tiny recipe has 16. ``--dry-run`` and ``relax train`` say so and name the key to change; with a ``gamma_lr``
+    that reaches 0 by mid-training they say nothing."""
+    slow = nbody_recipe("slow", relax={"theta": {"schedule": "ace_elastic"}})
+    proc = relax_cli("train", slow, "--dry-run", cwd=tmp_path)
+    warning = " ".join(proc.stderr.split())
+    assert "warning: relax.theta: under Adam γ moves by at most about its lr (0.003) per step" in warning
+    assert "needs at least 333 steps to reach 0, and training has 16" in warning
+    assert "Set relax.theta.gamma_lr to at least 0.12" in warning
+    fast = nbody_recipe("fast", relax={"theta": {"schedule": "ace_elastic", "gamma_lr": 0.2}})
+    assert "gamma_lr" not in relax_cli("train", fast, "--dry-run", cwd=tmp_path).stderr
+    sgd = nbody_recipe(
+        "sgd", relax={"theta": {"schedule": "ace"}}, optimizer={"_component_": "torch.optim.SGD", "lr": 0.01}
+    )
+    assert (
+        "gamma_lr" not in relax_cli("train", sgd, "--dry-run", cwd=tmp_path).stderr
+    )  # a step that scales with the gradient
