@@ -293,6 +293,7 @@ class Runner:
         every: int = 1,
         regularize: bool = True,
         schedule: str = "triangle",
+        foreach: bool = False,
     ) -> None:
         self.case, self.device, self.is_relaxed, self.regularize = case, device, relaxed, regularize
         self.step_index = 0
@@ -308,7 +309,8 @@ class Runner:
         learnt = self.schedule.attach(self.net) if relaxed else []  # ACE's γ (and u): trained, as in relax train
         ids = {id(t) for t in learnt}
         groups = [{"params": [q for q in self.net.parameters() if id(q) not in ids]}]
-        self.opt = torch.optim.Adam(groups + ([{"params": learnt}] if learnt else []), lr=lr)
+        params = groups + ([{"params": learnt}] if learnt else [])
+        self.opt = torch.optim.Adam(params, lr=lr, foreach=foreach or None)  # None: torch's default (a loop on CPU)
         self.phase: dict[str, list[float]] = {"forward": [], "regularizer": [], "backward": [], "optimizer": []}
 
     def step(self, phases: bool = False) -> float:
@@ -387,7 +389,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
     model_a, model_b = base, copy.deepcopy(base)  # identical initial weights
     warmup = args.warmup if args.warmup is not None else max(3, args.steps // 10)
     total = warmup + args.steps
-    a = Runner(case, model_a, False, total, args.rows, args.source, device)
+    a = Runner(case, model_a, False, total, args.rows, args.source, device, foreach=args.foreach)
     b = Runner(
         case,
         model_b,
@@ -400,6 +402,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
         every=args.every,
         regularize=not args.no_regularizer,
         schedule=args.schedule,
+        foreach=args.foreach,
     )
     relaxed = b.net
     assert isinstance(relaxed, relaxcli.RelaxedModel)
@@ -486,6 +489,7 @@ def _probe_args(args: argparse.Namespace) -> list[str]:
         "--escnn-width",
         str(args.escnn_width),
     ]
+    flags += ["--foreach"] if args.foreach else []
     return flags + (["--no-fuse"] if args.no_fuse else []) + (["--no-regularizer"] if args.no_regularizer else [])
 
 
@@ -508,6 +512,7 @@ def run_probe(name: str, variant: str, args: argparse.Namespace, device: torch.d
     r = Runner(
         case, case.build(), variant == "relaxed", 100, args.rows, args.source, device,
         fuse=not args.no_fuse, every=args.every, regularize=not args.no_regularizer, schedule=args.schedule,
+        foreach=args.foreach,
     )  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -618,6 +623,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: leave the allocator alone",
     )
     p.add_argument("--every", type=int, default=1, help="Regularizer every= (amortised regulariser; default 1)")
+    p.add_argument("--foreach", action="store_true", help="Adam(foreach=True) for both variants (CPU default: a loop)")
     p.add_argument(
         "--schedule",
         default="triangle",
@@ -679,7 +685,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows_note = " (unused by source=weight)" if args.source == "weight" else ""
     print(
         f"# regularizer: weight=0.01 rows={args.rows}{rows_note} source={args.source}; schedule: {args.schedule}; "
-        f"optimiser: Adam; op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}"
+        f"optimiser: Adam{' (foreach)' if args.foreach else ''}; "
+        f"op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}"
         f"{'; every=' + str(args.every) if args.every > 1 else ''}{'; NO regulariser' if args.no_regularizer else ''}"
     )
     print(
