@@ -775,7 +775,7 @@ def _plot(runs: Sequence[_Run], variants: Sequence[Variant], budget: float | Non
             ax_seed.scatter([i], [statistics.fmean(vals)], marker="_", s=600, color=styles[i]["color"], zorder=5)
     ax_seed.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax_seed.set_xlim(-0.5, len(names) - 0.5)
-    ax_seed.set_title(f"{metric} per seed (a line per seed; bar: mean)")
+    ax_seed.set_title(f"{metric} per seed\n(a line per seed; bar: mean)")  # two lines: long metric names fit
     ax_seed.ticklabel_format(axis="y", useOffset=False)
     ax_seed.set_ylabel(metric)
     fig.suptitle("relax compare")
