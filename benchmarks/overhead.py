@@ -71,6 +71,7 @@ import torch
 from torch import nn
 
 import relaxcli
+from relaxcli.run.relaxation import Relaxation
 from relaxcli.tasks import SEGNN, VNPointNet
 
 
@@ -306,10 +307,8 @@ class Runner:
         else:
             self.net = model
         self.net.to(device).train()
-        learnt = self.schedule.attach(self.net) if relaxed else []  # ACE's γ (and u): trained, as in relax train
-        ids = {id(t) for t in learnt}
-        groups = [{"params": [q for q in self.net.parameters() if id(q) not in ids]}]
-        params = groups + ([{"params": learnt}] if learnt else [])
+        # the parameter groups relax train uses: ACE's γ (and u) attached and trained in a group of their own
+        params = Relaxation(self.net, self.reg, self.schedule).param_groups() if relaxed else self.net.parameters()
         self.opt = torch.optim.Adam(params, lr=lr, foreach=foreach or None)  # None: torch's default (a loop on CPU)
         self.phase: dict[str, list[float]] = {"forward": [], "regularizer": [], "backward": [], "optimizer": []}
 

@@ -203,9 +203,8 @@ def test_a_gamma_that_adam_cannot_bring_to_zero_in_time_is_warned_about(
     assert "Set relax.theta.gamma_lr to at least 0.12" in warning
     fast = nbody_recipe("fast", relax={"theta": {"schedule": "ace_elastic", "gamma_lr": 0.2}})
     assert "gamma_lr" not in relax_cli("train", fast, "--dry-run", cwd=tmp_path).stderr
+    # SGD's step scales with the gradient: no such bound, no warning
     sgd = nbody_recipe(
         "sgd", relax={"theta": {"schedule": "ace"}}, optimizer={"_component_": "torch.optim.SGD", "lr": 0.01}
     )
-    assert (
-        "gamma_lr" not in relax_cli("train", sgd, "--dry-run", cwd=tmp_path).stderr
-    )  # a step that scales with the gradient
+    assert "gamma_lr" not in relax_cli("train", sgd, "--dry-run", cwd=tmp_path).stderr
