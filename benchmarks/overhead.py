@@ -45,6 +45,7 @@ Example:
     python benchmarks/overhead.py --model nbody nbody-node --every 4
     python benchmarks/overhead.py --model vn --rows 256 --source weight --breakdown
     python benchmarks/overhead.py --model vn --no-fuse     # op and branch as two products, for comparison
+    python benchmarks/overhead.py --model nbody --on-edges  # message branches on the edge rows, for comparison
 """
 
 from __future__ import annotations
@@ -291,6 +292,7 @@ class Runner:
         device: torch.device,
         lr: float = 1e-3,
         fuse: bool = True,
+        on_nodes: bool = True,
         every: int = 1,
         regularize: bool = True,
         schedule: str = "triangle",
@@ -300,7 +302,9 @@ class Runner:
         self.step_index = 0
         if relaxed:
             adapters = case.adapters() if case.adapters is not None else None
-            self.net: nn.Module = relaxcli.relax(model, fuse=fuse, include=case.include, adapters=adapters)
+            self.net: nn.Module = relaxcli.relax(
+                model, fuse=fuse, on_nodes=on_nodes, include=case.include, adapters=adapters
+            )
             options = {"theta_max": 1.0} if schedule == "triangle" else {}
             self.schedule = relaxcli.make_schedule(schedule, total_steps=total_steps, **options)
             self.reg = relaxcli.Regularizer(weight=0.01, rows=rows, source=source, every=every)  # type: ignore[arg-type]
@@ -398,6 +402,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
         args.source,
         device,
         fuse=not args.no_fuse,
+        on_nodes=not args.on_edges,
         every=args.every,
         regularize=not args.no_regularizer,
         schedule=args.schedule,
@@ -427,6 +432,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
         "sites": len(relaxed.sites),
         "mode": relaxed.mode,
         "fused_sites": sum(s.fused for s in relaxed.sites),
+        "sites_on_nodes": sum(s.on_nodes for s in relaxed.sites),
         "user_params": n_user,
         "branch_params": n_branch,
         "steps": args.steps,
@@ -489,6 +495,7 @@ def _probe_args(args: argparse.Namespace) -> list[str]:
         str(args.escnn_width),
     ]
     flags += ["--foreach"] if args.foreach else []
+    flags += ["--on-edges"] if args.on_edges else []
     return flags + (["--no-fuse"] if args.no_fuse else []) + (["--no-regularizer"] if args.no_regularizer else [])
 
 
@@ -510,8 +517,8 @@ def run_probe(name: str, variant: str, args: argparse.Namespace, device: torch.d
     torch.manual_seed(args.seed)
     r = Runner(
         case, case.build(), variant == "relaxed", 100, args.rows, args.source, device,
-        fuse=not args.no_fuse, every=args.every, regularize=not args.no_regularizer, schedule=args.schedule,
-        foreach=args.foreach,
+        fuse=not args.no_fuse, on_nodes=not args.on_edges, every=args.every, regularize=not args.no_regularizer,
+        schedule=args.schedule, foreach=args.foreach,
     )  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -615,6 +622,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run each op and its branch separately (relax(fuse=False)) instead of as one product",
     )
     p.add_argument(
+        "--on-edges",
+        action="store_true",
+        help="compute a branch on cat([h[dst], h[src], e]) on the edge rows (relax(on_nodes=False)), not the nodes",
+    )
+    p.add_argument(
         "--malloc",
         choices=["pinned", "default"],
         default="pinned",
@@ -685,7 +697,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"# regularizer: weight=0.01 rows={args.rows}{rows_note} source={args.source}; schedule: {args.schedule}; "
         f"optimiser: Adam{' (foreach)' if args.foreach else ''}; "
-        f"op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}"
+        f"op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}; "
+        f"message branches on {'the edges' if args.on_edges else 'the nodes where the graph shows a gather'}"
         f"{'; every=' + str(args.every) if args.every > 1 else ''}{'; NO regulariser' if args.no_regularizer else ''}"
     )
     print(

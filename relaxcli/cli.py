@@ -257,10 +257,7 @@ def _announce(trainer: Any) -> Any:
     if r is None:
         err.print("standard training (relax.enabled is false)", highlight=False)
         return trainer
-    reason = f"; {r.fallback_reason}" if r.mode == "hooks" and r.fallback_reason else ""
-    fused = sum(s.fused for s in r.sites)
-    fused_note = f" ({fused} fused with their op)" if fused else ""
-    err.print(f"relaxed {len(r.sites)} sites{fused_note}, graph pass: {r.mode}{reason}", highlight=False)
+    err.print(_sites_line(r), highlight=False)
     if r.skipped:
         err.print(_skipped_line(r), highlight=False)
     for path, n in trainer.site_calls().items():
@@ -334,14 +331,19 @@ def _dry_run(rec: Any) -> None:
         if trainer.relaxed is None:
             out.print("relax.enabled is false: standard training, no sites", highlight=False)
             return
-        out.print(
-            f"graph pass: {trainer.relaxed.mode}"
-            + (f" ({trainer.relaxed.fallback_reason})" if trainer.relaxed.fallback_reason else ""),
-            highlight=False,
-        )
+        out.print(_sites_line(trainer.relaxed), highlight=False)
         _site_table(site_rows(trainer.relaxed, example_inputs(rec, 4), rec.forward.call_kwargs(training=False)))
         if trainer.relaxed.skipped:
             out.print(_skipped_line(trainer.relaxed), highlight=False)
+
+
+def _sites_line(r: Any) -> str:
+    """``relaxed 19 sites (2 computed on the nodes), graph pass: fx``, with why hooks were used where they were."""
+    reason = f"; {r.fallback_reason}" if r.mode == "hooks" and r.fallback_reason else ""
+    fused, on_nodes = sum(s.fused for s in r.sites), sum(s.on_nodes for s in r.sites)
+    notes = [f"{fused} fused with their op"] * bool(fused) + [f"{on_nodes} computed on the nodes"] * bool(on_nodes)
+    note = f" ({'; '.join(notes)})" if notes else ""
+    return f"relaxed {len(r.sites)} sites{note}, graph pass: {r.mode}{reason}"
 
 
 def _skipped_line(relaxed: Any) -> str:

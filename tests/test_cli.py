@@ -160,7 +160,7 @@ def test_print_config_and_dry_run(
     printed = yaml.safe_load(relax_cli("train", recipe, "trainer.epochs=9", "--print-config", cwd=tmp_path).stdout)
     assert printed["trainer"]["epochs"] == 9 and printed["relax"]["regularizer"]["weight"] == 0.01
     proc = relax_cli("train", recipe, "--dry-run", cwd=tmp_path)
-    assert "one training step ok" in proc.stdout and "graph pass: fx" in proc.stdout
+    assert "one training step ok" in proc.stdout and "computed on the nodes), graph pass: fx" in proc.stdout
     assert "layers.0.message1.tp" in proc.stdout
     assert not (tmp_path / "runs").exists()
 

@@ -10,13 +10,14 @@ A branch owns one dense matrix ``weight`` of shape ``[dim_out, dim_in]`` over th
 
 Example:
     >>> b = DenseBranch(4, 6, init_std=0.0)
-    >>> b.theta.fill_(0.5); b(torch.randn(10, 4)).shape
+    >>> _ = b.theta.fill_(0.5); b(torch.randn(10, 4)).shape
     torch.Size([10, 6])
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -110,6 +111,27 @@ class Branch(nn.Module):
         return f"{self.dim_in} -> {self.dim_out}"
 
 
+def _rebuilds(
+    x: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]], dim: int, dim_in: int
+) -> bool:
+    """Whether ``cat([source[index] or source, ...], dim)`` is ``x``'s layout on its last axis, with a gathered
+    piece whose source has fewer rows than ``x`` (else computing on the sources saves nothing)."""
+    if x.dim() < 2 or dim % x.dim() != x.dim() - 1 or sum(int(s.shape[-1]) for s, _ in parts) != dim_in:
+        return False
+    saves = False
+    for source, index in parts:
+        if index is None:
+            if source.shape[:-1] != x.shape[:-1]:
+                return False
+            continue
+        if index.dim() != 1 or index.dtype not in (torch.long, torch.int) or source.dim() != x.dim():
+            return False
+        if index.shape[0] != x.shape[0] or source.shape[1:-1] != x.shape[1:-1]:
+            return False
+        saves = saves or source.shape[0] < x.shape[0]
+    return saves
+
+
 def _pick(n: int, max_rows: int | None, device: torch.device) -> torch.Tensor | None:
     if max_rows is None or n <= max_rows:
         return None
@@ -121,6 +143,48 @@ class DenseBranch(Branch):
 
     def product(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         return nn.functional.linear(x, self.weight if weight is None else weight)
+
+    def gathered(
+        self, x: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]], dim: int = -1
+    ) -> torch.Tensor:
+        """``self(x)`` for a feature ``x = cat([source[index] or source, ...], dim)``, computed on the sources.
+
+        A message-passing layer feeds its op ``cat([h[dst], h[src], e], -1)``: one row per edge. Split by the
+        pieces' columns, ``W = [W₁ | W₂ | W₃]``, and ``W x = (W₁ h)[dst] + (W₂ h)[src] + W₃ e``: the products run
+        on the node rows (one product for both pieces of ``h``) and only their results are gathered onto the
+        edges. ``parts`` are ``(source, index)`` per piece in order, ``index`` None for a piece taken whole. The
+        map is the same; where the pieces do not rebuild ``x`` (``dim`` not its last axis, other shapes) or the
+        sources are not smaller than ``x``, this is ``self(x)``.
+
+        Example:
+            >>> b = DenseBranch(8, 5, init_std=1.0); _ = b.theta.fill_(1.0)
+            >>> h, e, dst, src = torch.randn(4, 3), torch.randn(12, 2), torch.randint(4, (12,)), torch.randint(4, (12,))
+            >>> x = torch.cat([h[dst], h[src], e], -1)
+            >>> torch.allclose(b.gathered(x, [(h, dst), (h, src), (e, None)]), b(x), atol=1e-6)
+            True
+        """
+        if not _rebuilds(x, parts, dim, self.dim_in):
+            return self(x)
+        weight = self.theta * self.weight
+        blocks: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []  # (source, index, its columns)
+        start = 0
+        for source, index in parts:
+            width = int(source.shape[-1])
+            blocks.append((source, index, weight[:, start : start + width]))
+            start += width
+        groups: dict[int, list[int]] = {}  # the gathered pieces of one source share a product
+        for k, (source, index, _) in enumerate(blocks):
+            groups.setdefault(id(source) if index is not None else -1 - k, []).append(k)
+        out: torch.Tensor | None = None
+        for ks in groups.values():
+            product = nn.functional.linear(blocks[ks[0]][0], torch.cat([blocks[k][2] for k in ks]))
+            for j, k in enumerate(ks):
+                index = blocks[k][1]
+                y = product if len(ks) == 1 else product[..., j * self.dim_out : (j + 1) * self.dim_out]
+                y = y if index is None else y[index]
+                out = y if out is None else out + y
+        assert out is not None
+        return out
 
     def rows(self, x: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
         r = x.reshape(-1, self.dim_in)

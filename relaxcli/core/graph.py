@@ -5,7 +5,9 @@ call of a known op by a :class:`Site` that computes ``op(x) + θ · B(x)``. Wher
 (data-dependent control flow, non-tensor wrappers such as escnn's ``GeometricTensor``) the same sites are attached
 with forward hooks instead, and ``RelaxedModel.mode`` says which was used. Where the adapter knows the op's own
 matrix in the branch's layout (VN linears, escnn convolutions), a site computes ``op(x) + θ · B(x)`` as one product
-with ``op + θ B`` (``Site.fused``); with the branches off it always runs the user's op.
+with ``op + θ B`` (``Site.fused``); with the branches off it always runs the user's op. Where the graph shows a
+site's feature built as ``cat([h[dst], h[src], e], -1)`` (a message), its branch runs on the node rows before the
+gather (``Site.on_nodes``, :meth:`DenseBranch.gathered`): the same map on fewer rows.
 
 The relaxed model *shares* the user's module and its parameters: training it trains the user's model, and
 ``relaxed.module.state_dict()`` has exactly the user's keys. The branches live in ``relaxed.branches``.
@@ -32,13 +34,17 @@ from torch import fx, nn
 from ..errors import RelaxError
 from ..ops.base import OpAdapter
 from ..ops.registry import find_adapter
-from .branches import Branch, LayoutError
+from .branches import Branch, DenseBranch, LayoutError
 from .calls import inference
 from .presets import expand_presets, site_roles
 
 __all__ = ["Site", "RelaxedModel", "relax", "find_sites"]
 
 Mode = Literal["auto", "fx", "hooks"]
+
+#: The pieces a site's feature was concatenated from: ``(source, index)`` each, ``index`` None for a piece taken
+#: whole (``cat([h[dst], h[src], e], -1)`` -> ``((h, dst), (h, src), (e, None))``).
+Parts = tuple[tuple[torch.Tensor, "torch.Tensor | None"], ...]
 
 
 @dataclass(eq=False)
@@ -51,6 +57,8 @@ class Site:
         adapter: the :class:`OpAdapter` that recognised it.
         branch: the :class:`Branch` added beside it.
         fused: whether the op and its branch run as one product (``adapter.fused``) while the branch is active.
+        on_nodes: whether the fx graph hands the site the pieces its feature is concatenated from, gathered node
+            rows among them, so that the branch runs on the nodes (:meth:`DenseBranch.gathered`).
         calls: how often the site fired since the counter was last reset (see :meth:`RelaxedModel.dry_run`).
     """
 
@@ -59,23 +67,37 @@ class Site:
     adapter: OpAdapter
     branch: Branch
     fused: bool = False
+    on_nodes: bool = False
     calls: int = 0
 
-    def __call__(self, output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Given the op's output for ``args``/``kwargs``, return it with the branch added."""
+    def __call__(
+        self, output: Any, args: tuple[Any, ...], kwargs: dict[str, Any], parts: Parts | None = None, dim: int = -1
+    ) -> Any:
+        """Given the op's output for ``args``/``kwargs``, return it with the branch added; ``parts`` are the pieces
+        the feature was concatenated from along ``dim`` (``(source, index)``, see :meth:`DenseBranch.gathered`),
+        where the graph shows them."""
         self.calls += 1
         branch = self.branch
         if not branch.active:
             return output
         x = self._capture(args, kwargs)
         try:
-            return self.adapter.add(output, branch(x))
+            y = branch(x) if parts is None or not isinstance(branch, DenseBranch) else branch.gathered(x, parts, dim)
+            return self.adapter.add(output, y)
         except RuntimeError as e:  # a shape torch refuses: say which site, what layout, what shape
             raise self.error(x, e) from e
 
-    def call(self, run_op: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def call(
+        self,
+        run_op: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parts: Parts | None = None,
+        dim: int = -1,
+    ) -> Any:
         """The op (``run_op``) on ``args``/``kwargs`` with the branch added: fused into one product where the
-        adapter can; with the branch off (the projected model) exactly ``run_op``."""
+        adapter can, on the node rows where ``parts`` are given; with the branch off (the projected model) exactly
+        ``run_op``."""
         if self.fused and self.branch.active:
             self.calls += 1
             x = self._capture(args, kwargs)
@@ -83,7 +105,7 @@ class Site:
                 return self.adapter.fused(self.op, self.branch, args, kwargs)
             except RuntimeError as e:
                 raise self.error(x, e) from e
-        return self(run_op(*args, **kwargs), args, kwargs)
+        return self(run_op(*args, **kwargs), args, kwargs, parts, dim)
 
     def error(self, x: torch.Tensor, cause: Exception) -> RelaxError:
         """``cause`` (raised attaching, running or regularising the branch on feature ``x``) as one paragraph
@@ -121,8 +143,8 @@ class _SiteCall(nn.Module):
         self.op = site.op
         self.site = site
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.site.call(self.op, args, kwargs)
+    def forward(self, *args: Any, _relax_parts: Parts | None = None, _relax_dim: int = -1, **kwargs: Any) -> Any:
+        return self.site.call(self.op, args, kwargs, _relax_parts, _relax_dim)
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -357,17 +379,56 @@ def find_sites(
     return found
 
 
-def _trace(model: nn.Module, sites: list[Site]) -> tuple[fx.Graph, list[str]]:
-    """The model's graph with each site's call marked, and the modules kept whole because they carry hooks."""
+def _trace(model: nn.Module, sites: list[Site], on_nodes: bool) -> tuple[fx.Graph, list[str]]:
+    """The model's graph with each site's call marked (and handed the pieces of a gathered feature where
+    ``on_nodes``), and the modules kept whole because they carry hooks."""
     by_path = {s.path: s for s in sites}
     tracer = _LeafTracer(set(by_path))
     graph = tracer.trace(model)
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target in by_path:
+            site = by_path[node.target]
             node.meta["relax_site"] = node.target
             node.target = "relax_sites." + _branch_key(node.target).replace("/", "__")
+            pieces = _gathered_pieces(site.adapter.feature(tuple(node.args), dict(node.kwargs)))
+            if on_nodes and pieces is not None and isinstance(site.branch, DenseBranch) and not site.fused:
+                node.kwargs = {**node.kwargs, "_relax_parts": pieces[0], "_relax_dim": pieces[1]}
+                site.on_nodes = True
     graph.lint()
     return graph, tracer.kept_whole
+
+
+def _gathered_pieces(feature: Any) -> tuple[tuple[tuple[fx.Node, fx.Node | None], ...], int] | None:
+    """``(((h, dst), (h, src), (e, None)), dim)`` for a feature node ``torch.cat([h[dst], h[src], e], dim)`` with
+    at least one piece gathered by a tensor index along the first axis (``h[idx]``, ``index_select(h, 0, idx)``);
+    None for any other feature. Whether ``dim`` is the feature's last axis is seen only when it runs."""
+    if not (isinstance(feature, fx.Node) and feature.op == "call_function" and feature.target is torch.cat):
+        return None
+    pieces = feature.args[0] if feature.args else feature.kwargs.get("tensors")
+    dim = feature.args[1] if len(feature.args) > 1 else feature.kwargs.get("dim", 0)
+    if not isinstance(dim, int) or not isinstance(pieces, (list, tuple)):
+        return None
+    if not all(isinstance(p, fx.Node) for p in pieces):
+        return None
+    parts = tuple(_gather(p) for p in pieces)
+    return (parts, dim) if any(index is not None for _, index in parts) else None
+
+
+def _gather(piece: fx.Node) -> tuple[fx.Node, fx.Node | None]:
+    """``(source, index)`` of a piece ``source[index]`` (an index tensor) or ``source.index_select(0, index)``;
+    ``(piece, None)`` otherwise."""
+    args = piece.args
+    if piece.op == "call_function" and piece.target is operator.getitem and len(args) == 2:
+        source, index = args
+    elif piece.op in ("call_function", "call_method") and piece.target in (torch.index_select, "index_select"):
+        if len(args) != 3 or args[1] != 0 or piece.kwargs:
+            return piece, None
+        source, _, index = args
+    else:
+        return piece, None
+    if isinstance(source, fx.Node) and isinstance(index, fx.Node):
+        return source, index
+    return piece, None
 
 
 def relax(
@@ -380,6 +441,7 @@ def relax(
     adapters: list[OpAdapter] | None = None,
     fuse: bool = True,
     scalar_sites: bool = False,
+    on_nodes: bool = True,
 ) -> RelaxedModel:
     """Insert a branch ``θ · B(x)`` beside every known equivariant linear op of ``model``.
 
@@ -398,6 +460,9 @@ def relax(
         scalar_sites: also relax ops that map invariants to invariants (``0e -> 0e``: the group acts trivially on
             both sides). A branch there cannot break equivariance, it only adds parameters, so by default such
             sites get none; they are listed in ``RelaxedModel.skipped`` with the reason.
+        on_nodes: in fx mode, where a site's feature is ``cat([h[dst], h[src], e], -1)`` (a message built from
+            gathered node features), compute its branch on the node rows, ``(W₁h)[dst] + (W₂h)[src] + W₃e``
+            (:meth:`DenseBranch.gathered`): the same map at a fraction of the cost. False keeps it on the edges.
 
     Returns:
         a :class:`RelaxedModel`; θ starts at 0.
@@ -453,7 +518,7 @@ def relax(
             raise RelaxError(f"{reason}. Use mode 'hooks' (or 'auto'), or remove the hooks before relaxing.")
         return RelaxedModel(model, sites, "hooks", fallback_reason=reason, skipped=skipped)
     try:
-        graph, kept_whole = _trace(model, sites)
+        graph, kept_whole = _trace(model, sites, on_nodes)
     except Exception as e:  # fx raises many kinds of errors for untraceable code
         if mode == "fx":
             raise RelaxError(

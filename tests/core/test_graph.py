@@ -121,6 +121,69 @@ def test_fx_and_hooks_give_the_same_outputs_and_gradients(segnn: SEGNN) -> None:
     assert torch.equal(twin(*inputs), segnn(*inputs))  # hooks removed: the plain user model again
 
 
+def test_message_branches_run_on_the_nodes_and_equal_the_edge_form() -> None:
+    # SEGNN's message op sees cat([h[dst], h[src], e], -1): its branch is computed as (W1 h)[dst] + (W2 h)[src] + W3 e
+    with default_dtype(torch.float64):
+        torch.manual_seed(0)
+        model = SEGNN("8x0e+8x1o", num_layers=2)
+        inputs = tuple(t.double() for t in nbody_inputs())
+        twin = copy.deepcopy(model)
+        on_nodes = relaxcli.relax(model, init_std=0.1)
+        on_edges = relaxcli.relax(twin, init_std=0.1, on_nodes=False)
+    assert [s.path for s in on_nodes.sites if s.on_nodes] == ["layers.0.message1.tp", "layers.1.message1.tp"]
+    assert not any(s.on_nodes for s in on_edges.sites)
+    on_edges.branches.load_state_dict(on_nodes.branches.state_dict())
+    reg = relaxcli.Regularizer(rows=None)
+    grads = []
+    for relaxed in (on_nodes, on_edges):
+        relaxed.set_theta(0.7)
+        relaxed.train()
+        out = relaxed(*inputs)
+        (out.square().mean() + reg(relaxed).total).backward()
+        grads.append({n: p.grad for n, p in relaxed.named_parameters()})
+        with relaxed.projected():
+            assert torch.equal(relaxed(*inputs), copy.deepcopy(twin)(*inputs))  # branches off: the user's model
+    torch.testing.assert_close(on_nodes(*inputs), on_edges(*inputs), rtol=0, atol=1e-12)
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("layout", ["getitem", "index_select", "3d", "one source"])
+def test_gathered_branch_equals_the_branch_on_the_concatenation(layout: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    lead = (3,) if layout == "3d" else ()
+    h = torch.randn(6, *lead, 4, generator=g, dtype=torch.float64)
+    e = torch.randn(20, *lead, 2, generator=g, dtype=torch.float64)
+    dst, src = torch.randint(6, (20,), generator=g), torch.randint(6, (20,), generator=g)
+    parts = [(h, dst), (h, src), (e, None)]
+    if layout == "index_select":
+        x = torch.cat([h.index_select(0, dst), h.index_select(0, src), e], dim=-1)
+    elif layout == "one source":
+        parts = [(e, None), (h, dst)]
+        x = torch.cat([e, h[dst]], dim=-1)
+    else:
+        x = torch.cat([h[dst], h[src], e], dim=-1)
+    branch = relaxcli.DenseBranch(x.shape[-1], 5, init_std=1.0).double()
+    branch.theta.fill_(0.3)
+    torch.testing.assert_close(branch.gathered(x, parts, -1), branch(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(branch.gathered(x, parts, x.dim() - 1), branch(x), rtol=0, atol=1e-12)
+
+
+def test_gathered_branch_falls_back_where_the_pieces_do_not_rebuild_the_feature() -> None:
+    h, e = torch.randn(6, 4), torch.randn(20, 2)
+    dst = torch.randint(6, (20,))
+    branch = relaxcli.DenseBranch(6, 3, init_std=1.0)
+    x = torch.cat([h[dst], e], dim=-1)
+    same = torch.cat([h[dst], e], dim=-1)
+    # concatenated along another axis, a boolean mask, or more sources than rows: the branch on x itself
+    assert torch.equal(branch.gathered(x, [(h, dst), (e, None)], dim=0), branch(same))
+    mask = torch.zeros(6, dtype=torch.bool)
+    assert torch.equal(branch.gathered(x, [(h, mask), (e, None)]), branch(same))
+    big = torch.randn(50, 4)
+    assert torch.equal(branch.gathered(x, [(big, dst), (e, None)]), branch(same))
+
+
 def test_regulariser_gradients_reach_only_the_branches(segnn: SEGNN) -> None:
     relaxed = relaxcli.relax(segnn, init_std=0.1)
     relaxed.set_theta(1.0)
