@@ -296,7 +296,7 @@ class Runner:
         every: int = 1,
         regularize: bool = True,
         schedule: str = "triangle",
-        foreach: bool = False,
+        adam: str = "loop",
     ) -> None:
         self.case, self.device, self.is_relaxed, self.regularize = case, device, relaxed, regularize
         self.step_index = 0
@@ -313,7 +313,9 @@ class Runner:
         self.net.to(device).train()
         # the parameter groups relax train uses: ACE's γ (and u) attached and trained in a group of their own
         params = Relaxation(self.net, self.reg, self.schedule).param_groups() if relaxed else self.net.parameters()
-        self.opt = torch.optim.Adam(params, lr=lr, foreach=foreach or None)  # None: torch's default (a loop on CPU)
+        # "loop": torch's default on CPU; "foreach" / "fused": its multi-tensor and fused kernels, the same algorithm
+        impl = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(adam, {})
+        self.opt = torch.optim.Adam(params, lr=lr, **impl)
         self.phase: dict[str, list[float]] = {"forward": [], "regularizer": [], "backward": [], "optimizer": []}
 
     def step(self, phases: bool = False) -> float:
@@ -392,7 +394,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
     model_a, model_b = base, copy.deepcopy(base)  # identical initial weights
     warmup = args.warmup if args.warmup is not None else max(3, args.steps // 10)
     total = warmup + args.steps
-    a = Runner(case, model_a, False, total, args.rows, args.source, device, foreach=args.foreach)
+    a = Runner(case, model_a, False, total, args.rows, args.source, device, adam=args.adam)
     b = Runner(
         case,
         model_b,
@@ -406,7 +408,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
         every=args.every,
         regularize=not args.no_regularizer,
         schedule=args.schedule,
-        foreach=args.foreach,
+        adam=args.adam,
     )
     relaxed = b.net
     assert isinstance(relaxed, relaxcli.RelaxedModel)
@@ -494,7 +496,7 @@ def _probe_args(args: argparse.Namespace) -> list[str]:
         "--escnn-width",
         str(args.escnn_width),
     ]
-    flags += ["--foreach"] if args.foreach else []
+    flags += [f"--{args.adam}"] if args.adam != "loop" else []
     flags += ["--on-edges"] if args.on_edges else []
     return flags + (["--no-fuse"] if args.no_fuse else []) + (["--no-regularizer"] if args.no_regularizer else [])
 
@@ -518,7 +520,7 @@ def run_probe(name: str, variant: str, args: argparse.Namespace, device: torch.d
     r = Runner(
         case, case.build(), variant == "relaxed", 100, args.rows, args.source, device,
         fuse=not args.no_fuse, on_nodes=not args.on_edges, every=args.every, regularize=not args.no_regularizer,
-        schedule=args.schedule, foreach=args.foreach,
+        schedule=args.schedule, adam=args.adam,
     )  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -634,7 +636,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: leave the allocator alone",
     )
     p.add_argument("--every", type=int, default=1, help="Regularizer every= (amortised regulariser; default 1)")
-    p.add_argument("--foreach", action="store_true", help="Adam(foreach=True) for both variants (CPU default: a loop)")
+    adam = p.add_mutually_exclusive_group()
+    adam.add_argument(
+        "--foreach", dest="adam", action="store_const", const="foreach", help="Adam(foreach=True) for both variants"
+    )
+    adam.add_argument(
+        "--fused", dest="adam", action="store_const", const="fused", help="Adam(fused=True) for both variants"
+    )
+    p.set_defaults(adam="loop")  # torch's default on CPU: a loop over the parameters
     p.add_argument(
         "--schedule",
         default="triangle",
@@ -696,7 +705,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows_note = " (unused by source=weight)" if args.source == "weight" else ""
     print(
         f"# regularizer: weight=0.01 rows={args.rows}{rows_note} source={args.source}; schedule: {args.schedule}; "
-        f"optimiser: Adam{' (foreach)' if args.foreach else ''}; "
+        f"optimiser: Adam{f' ({args.adam})' if args.adam != 'loop' else ''}; "
         f"op and branch {'separate' if args.no_fuse else 'fused where the adapter can'}; "
         f"message branches on {'the edges' if args.on_edges else 'the nodes where the graph shows a gather'}"
         f"{'; every=' + str(args.every) if args.every > 1 else ''}{'; NO regulariser' if args.no_regularizer else ''}"
