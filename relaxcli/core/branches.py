@@ -120,6 +120,8 @@ def _rebuilds(
         return False
     saves = False
     for source, index in parts:
+        if not isinstance(source, torch.Tensor) or not isinstance(index, (torch.Tensor, type(None))):
+            return False  # a tuple indexed by an int, say: not a gather of rows
         if index is None:
             if source.shape[:-1] != x.shape[:-1]:
                 return False

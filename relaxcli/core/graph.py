@@ -183,7 +183,11 @@ class _LeafTracer(fx.Tracer):
 
 
 def _branch_key(path: str) -> str:
-    return path.replace(".", "/")
+    """The site's key in ``RelaxedModel.branches``: ``"layers/0/linear"`` for ``"layers.0.linear"``. A path that
+    names an attribute of ``nn.ModuleDict`` (a top-level op called ``update`` or ``keys``) gets a trailing ``/``,
+    which no module path has."""
+    key = path.replace(".", "/")
+    return key + "/" if hasattr(nn.ModuleDict, key) else key
 
 
 class RelaxedModel(nn.Module):
@@ -390,19 +394,28 @@ def _trace(model: nn.Module, sites: list[Site], on_nodes: bool) -> tuple[fx.Grap
             site = by_path[node.target]
             node.meta["relax_site"] = node.target
             node.target = "relax_sites." + _branch_key(node.target).replace("/", "__")
-            pieces = _gathered_pieces(site.adapter.feature(tuple(node.args), dict(node.kwargs)))
-            if on_nodes and pieces is not None and isinstance(site.branch, DenseBranch) and not site.fused:
+            pieces = _gathered_pieces(site, node) if on_nodes else None
+            if pieces is not None and isinstance(site.branch, DenseBranch) and not site.fused:
                 node.kwargs = {**node.kwargs, "_relax_parts": pieces[0], "_relax_dim": pieces[1]}
                 site.on_nodes = True
     graph.lint()
     return graph, tracer.kept_whole
 
 
-def _gathered_pieces(feature: Any) -> tuple[tuple[tuple[fx.Node, fx.Node | None], ...], int] | None:
-    """``(((h, dst), (h, src), (e, None)), dim)`` for a feature node ``torch.cat([h[dst], h[src], e], dim)`` with
-    at least one piece gathered by a tensor index along the first axis (``h[idx]``, ``index_select(h, 0, idx)``);
-    None for any other feature. Whether ``dim`` is the feature's last axis is seen only when it runs."""
-    if not (isinstance(feature, fx.Node) and feature.op == "call_function" and feature.target is torch.cat):
+#: ``torch.cat`` and its aliases, as the graph records them.
+_CATS = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _gathered_pieces(site: Site, node: fx.Node) -> tuple[tuple[tuple[fx.Node, fx.Node | None], ...], int] | None:
+    """``(((h, dst), (h, src), (e, None)), dim)`` where the site's feature at its call ``node`` is
+    ``torch.cat([h[dst], h[src], e], dim)`` with at least one piece gathered by an index along the first axis
+    (``h[idx]``, ``index_select(h, 0, idx)``); None for any other feature. That ``dim`` is the feature's last axis
+    and ``idx`` an integer tensor is checked when it runs (:meth:`DenseBranch.gathered`)."""
+    try:  # the adapter picks the feature among the call's arguments, here fx nodes
+        feature = site.adapter.feature(tuple(node.args), dict(node.kwargs))
+    except Exception:  # an adapter that must look inside its argument (a wrapper type): no rewrite
+        return None
+    if not (isinstance(feature, fx.Node) and feature.op == "call_function" and feature.target in _CATS):
         return None
     pieces = feature.args[0] if feature.args else feature.kwargs.get("tensors")
     dim = feature.args[1] if len(feature.args) > 1 else feature.kwargs.get("dim", 0)

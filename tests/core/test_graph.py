@@ -1,6 +1,7 @@
 """The graph pass on real e3nn models: fx and hook modes, parameter sharing, stripping, equivariance."""
 
 import copy
+from typing import Literal
 
 import e3nn.util.test
 import pytest
@@ -147,6 +148,69 @@ def test_message_branches_run_on_the_nodes_and_equal_the_edge_form() -> None:
     assert grads[0].keys() == grads[1].keys()
     for name, g in grads[0].items():
         torch.testing.assert_close(g, grads[1][name], rtol=0, atol=1e-12, msg=name)
+
+
+class EdgeMessages(torch.nn.Module):
+    """An EGNN-style layer written another way: ``torch.concat`` on axis 1 of ``index_select``-ed node features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.message = o3.Linear("4x0e+2x1o+4x0e+2x1o+1x0e", "3x0e+2x1o")
+        self.node_update = o3.Linear("4x0e+2x1o+3x0e+2x1o", "4x0e+2x1o")
+
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        src, dst = edge_index[0], edge_index[1]
+        m = self.message(torch.concat([h.index_select(0, src), torch.index_select(h, 0, dst), e], dim=1))
+        agg = h.new_zeros(h.shape[0], m.shape[1]).index_add(0, dst, m)
+        return self.node_update(torch.cat([h, agg], dim=-1))
+
+
+def test_a_users_message_layer_runs_on_the_nodes_too() -> None:
+    with default_dtype(torch.float64):
+        torch.manual_seed(2)
+        model = EdgeMessages()
+        twin = copy.deepcopy(model)
+        on_nodes = relaxcli.relax(model, init_std=0.2)
+        on_edges = relaxcli.relax(twin, init_std=0.2, on_nodes=False)
+        h, e = torch.randn(7, 10), torch.randn(30, 1)
+    edge_index = torch.randint(7, (2, 30))
+    assert on_nodes.mode == "fx" and [s.path for s in on_nodes.sites if s.on_nodes] == ["message"]  # not the update
+    on_edges.branches.load_state_dict(on_nodes.branches.state_dict())
+    outs = []
+    for relaxed in (on_nodes, on_edges):
+        relaxed.set_theta(1.0)
+        outs.append(relaxed(h, edge_index, e))
+        outs[-1].square().sum().backward()
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-12)
+    for (name, a), (_, b) in zip(on_nodes.branches.named_parameters(), on_edges.branches.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12, msg=name)
+
+
+class NamedLikeDictMethods(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.update = o3.Linear("4x0e+1x1o", "4x0e+1x1o")
+        self.keys = o3.Linear("4x0e+1x1o", "4x0e+1x1o")
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.keys(self.update(h))
+
+
+@pytest.mark.parametrize("mode", ["fx", "hooks"])
+def test_ops_named_like_dict_methods_are_relaxed(mode: Literal["fx", "hooks"]) -> None:
+    # ModuleDict has .update and .keys: the branches of top-level ops so named are keyed "update/" and "keys/"
+    relaxed = relaxcli.relax(NamedLikeDictMethods(), mode=mode, init_std=0.1)
+    assert [s.path for s in relaxed.sites] == ["update", "keys"]
+    assert list(relaxed.branches.state_dict()) == ["update/.weight", "update/.theta", "keys/.weight", "keys/.theta"]
+    relaxed.set_theta(1.0)
+    x = torch.randn(3, 7)
+    user = NamedLikeDictMethods()
+    user.load_state_dict(relaxed.module.state_dict(), strict=True)
+    twin = relaxcli.relax(user, mode=mode)
+    twin.branches.load_state_dict(relaxed.branches.state_dict(), strict=True)
+    with relaxed.projected():
+        plain = relaxed(x)
+    assert torch.equal(twin(x), relaxed(x)) and not torch.equal(relaxed(x), plain)
 
 
 @pytest.mark.parametrize("layout", ["getitem", "index_select", "3d", "one source"])
