@@ -424,7 +424,26 @@ def _gathered_pieces(site: Site, node: fx.Node) -> tuple[tuple[tuple[fx.Node, fx
     if not all(isinstance(p, fx.Node) for p in pieces):
         return None
     parts = tuple(_gather(p) for p in pieces)
+    if any(_written(n) for source, index in parts for n in (source, index) if index is not None):
+        return None  # a source changed in place might differ from what was gathered: keep the branch on the edges
     return (parts, dim) if any(index is not None for _, index in parts) else None
+
+
+def _written(node: fx.Node) -> bool:
+    """Whether the graph changes ``node``'s value in place anywhere (``h.add_(...)``, ``h[i] = ...``, ``out=h``)."""
+    for user in node.users:
+        if user.target in _AUGMENTED or user.kwargs.get("out") is node:
+            return True
+        name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+        if isinstance(name, str) and name.endswith("_") and not name.startswith("_") and name != "is_":
+            return True  # torch's in-place methods and functions: add_, index_add_, copy_, relu_ ...
+    return False
+
+
+#: ``h[i] = v`` and the augmented assignments (``h += v`` ...), as the graph records them.
+_AUGMENTED = (operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+              operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+              operator.ilshift, operator.irshift)  # fmt: skip
 
 
 def _gather(piece: fx.Node) -> tuple[fx.Node, fx.Node | None]:

@@ -186,6 +186,30 @@ def test_a_users_message_layer_runs_on_the_nodes_too() -> None:
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12, msg=name)
 
 
+class WritesItsNodes(EdgeMessages):
+    """Changes the node features in place after gathering them: the gathered copies keep the old values."""
+
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        h = h * 1.0
+        src, dst = edge_index[0], edge_index[1]
+        x = torch.cat([h[src], h[dst], e], dim=-1)
+        h.mul_(2.0)
+        m = self.message(x)
+        return self.node_update(torch.cat([h, h.new_zeros(h.shape[0], m.shape[1]).index_add(0, dst, m)], dim=-1))
+
+
+def test_a_message_whose_nodes_change_in_place_stays_on_the_edges() -> None:
+    torch.manual_seed(3)
+    model = WritesItsNodes()
+    relaxed = relaxcli.relax(model, init_std=0.3)
+    assert relaxed.mode == "fx" and not any(s.on_nodes for s in relaxed.sites)
+    relaxed.set_theta(1.0)
+    h, e, edge_index = torch.randn(7, 10), torch.randn(30, 1), torch.randint(7, (2, 30))
+    hooked = relaxcli.relax(copy.deepcopy(model), mode="hooks")
+    hooked.branches.load_state_dict(relaxed.branches.state_dict())
+    torch.testing.assert_close(relaxed(h, edge_index, e), hooked(h, edge_index, e))
+
+
 class NamedLikeDictMethods(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
