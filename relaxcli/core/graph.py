@@ -424,8 +424,8 @@ def _gathered_pieces(site: Site, node: fx.Node) -> tuple[tuple[tuple[fx.Node, fx
     if not all(isinstance(p, fx.Node) for p in pieces):
         return None
     parts = tuple(_gather(p) for p in pieces)
-    if any(_written(n) for source, index in parts for n in (source, index) if index is not None):
-        return None  # a source changed in place might differ from what was gathered: keep the branch on the edges
+    if _written(feature) or any(_written(n) for source, index in parts for n in (source, index) if index is not None):
+        return None  # changed in place, the pieces might not rebuild the feature: keep the branch on the edges
     return (parts, dim) if any(index is not None for _, index in parts) else None
 
 

@@ -187,20 +187,26 @@ def test_a_users_message_layer_runs_on_the_nodes_too() -> None:
 
 
 class WritesItsNodes(EdgeMessages):
-    """Changes the node features in place after gathering them: the gathered copies keep the old values."""
+    """Changes the node features (or the message) in place after gathering them: the gathered copies keep the old
+    values (or the message no longer is the concatenation)."""
+
+    def __init__(self, nodes: bool) -> None:
+        super().__init__()
+        self.nodes = nodes
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         h = h * 1.0
         src, dst = edge_index[0], edge_index[1]
         x = torch.cat([h[src], h[dst], e], dim=-1)
-        h.mul_(2.0)
+        h.mul_(2.0) if self.nodes else x.mul_(2.0)
         m = self.message(x)
         return self.node_update(torch.cat([h, h.new_zeros(h.shape[0], m.shape[1]).index_add(0, dst, m)], dim=-1))
 
 
-def test_a_message_whose_nodes_change_in_place_stays_on_the_edges() -> None:
+@pytest.mark.parametrize("nodes", [True, False], ids=["nodes", "message"])
+def test_a_message_changed_in_place_stays_on_the_edges(nodes: bool) -> None:
     torch.manual_seed(3)
-    model = WritesItsNodes()
+    model = WritesItsNodes(nodes)
     relaxed = relaxcli.relax(model, init_std=0.3)
     assert relaxed.mode == "fx" and not any(s.on_nodes for s in relaxed.sites)
     relaxed.set_theta(1.0)
