@@ -24,7 +24,11 @@ from torch import nn
 
 from .reps import Rep
 
-__all__ = ["LayoutError", "Branch", "DenseBranch", "VectorBranch", "vector_axes", "describe_layout"]
+__all__ = ["LayoutError", "Branch", "DenseBranch", "VectorBranch", "Parts", "vector_axes", "describe_layout"]
+
+#: The pieces a feature was concatenated from: ``(source, index)`` each, ``index`` None for a piece taken whole
+#: (``cat([h[dst], h[src], e], -1)`` -> ``((h, dst), (h, src), (e, None))``; see :meth:`DenseBranch.gathered`).
+Parts = Sequence[tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
 class LayoutError(ValueError):
@@ -111,9 +115,7 @@ class Branch(nn.Module):
         return f"{self.dim_in} -> {self.dim_out}"
 
 
-def _rebuilds(
-    x: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]], dim: int, dim_in: int
-) -> bool:
+def _rebuilds(x: torch.Tensor, parts: Parts, dim: int, dim_in: int) -> bool:
     """Whether ``cat([source[index] or source, ...], dim)`` is ``x``'s layout on its last axis, with a gathered
     piece whose source has fewer rows than ``x`` (else computing on the sources saves nothing)."""
     if x.dim() < 2 or dim % x.dim() != x.dim() - 1 or sum(int(s.shape[-1]) for s, _ in parts) != dim_in:
@@ -146,9 +148,7 @@ class DenseBranch(Branch):
     def product(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         return nn.functional.linear(x, self.weight if weight is None else weight)
 
-    def gathered(
-        self, x: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]], dim: int = -1
-    ) -> torch.Tensor:
+    def gathered(self, x: torch.Tensor, parts: Parts, dim: int = -1) -> torch.Tensor:
         """``self(x)`` for a feature ``x = cat([source[index] or source, ...], dim)``, computed on the sources.
 
         A message-passing layer feeds its op ``cat([h[dst], h[src], e], -1)``: one row per edge. Split by the
@@ -179,7 +179,8 @@ class DenseBranch(Branch):
             groups.setdefault(id(source) if index is not None else -1 - k, []).append(k)
         out: torch.Tensor | None = None
         for ks in groups.values():
-            product = nn.functional.linear(blocks[ks[0]][0], torch.cat([blocks[k][2] for k in ks]))
+            columns = blocks[ks[0]][2] if len(ks) == 1 else torch.cat([blocks[k][2] for k in ks])
+            product = nn.functional.linear(blocks[ks[0]][0], columns)
             for j, k in enumerate(ks):
                 index = blocks[k][1]
                 y = product if len(ks) == 1 else product[..., j * self.dim_out : (j + 1) * self.dim_out]

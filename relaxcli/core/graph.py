@@ -34,17 +34,13 @@ from torch import fx, nn
 from ..errors import RelaxError
 from ..ops.base import OpAdapter
 from ..ops.registry import find_adapter
-from .branches import Branch, DenseBranch, LayoutError
+from .branches import Branch, DenseBranch, LayoutError, Parts
 from .calls import inference
 from .presets import expand_presets, site_roles
 
 __all__ = ["Site", "RelaxedModel", "relax", "find_sites"]
 
 Mode = Literal["auto", "fx", "hooks"]
-
-#: The pieces a site's feature was concatenated from: ``(source, index)`` each, ``index`` None for a piece taken
-#: whole (``cat([h[dst], h[src], e], -1)`` -> ``((h, dst), (h, src), (e, None))``).
-Parts = tuple[tuple[torch.Tensor, "torch.Tensor | None"], ...]
 
 
 @dataclass(eq=False)
